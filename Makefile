@@ -1,0 +1,46 @@
+# seqtool: `make demo` (set-up + the demo) and `make test` (set-up + the tests) are all a newcomer needs.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-slow lint format clean
+
+setup: $(STAMP)
+
+# torch first, pinned (an unpinned torch would pull a multi-GB CUDA build); then the package with its dev extras.
+# Re-runs only when pyproject.toml changes or the torch pin does.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@echo "$(TORCH)" > $(STAMP)
+
+# a different TORCH= than last time forces a re-install
+ifneq ($(wildcard $(STAMP)),)
+ifneq ($(shell cat $(STAMP)),$(TORCH))
+.PHONY: $(STAMP)
+endif
+endif
+
+demo: setup
+	bash recipes/demo.sh
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+lint: setup
+	$(BIN)/ruff check seqtool tests
+	$(BIN)/ruff format --check seqtool tests
+
+format: setup
+	$(BIN)/ruff format seqtool tests
+	$(BIN)/ruff check --fix seqtool tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

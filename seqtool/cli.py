@@ -1,0 +1,344 @@
+"""The seqtool command line: parse flags, load config, call one library function, report errors in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from seqtool import __version__
+from seqtool.errors import DataError, SeqtoolError
+
+app = typer.Typer(
+    name="seqtool",
+    help="Neural machine translation from the command line: tokenizer, training, translation, evaluation.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+tokenizer_app = typer.Typer(help="Train and inspect SentencePiece tokenizers.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+class ModelType(str, Enum):
+    unigram = "unigram"
+    bpe = "bpe"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"seqtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    """seqtool: train and run translation models on your own machine."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _read_input(path: Path | None) -> list[str]:
+    """Lines of a file or of stdin (invalid UTF-8 on stdin is replaced with a warning)."""
+    from seqtool.data.corpus import read_lines
+
+    if path is not None and str(path) != "-":
+        return read_lines(path)
+    data = sys.stdin.buffer.read()
+    text = data.decode("utf-8", errors="replace")
+    if "\ufffd" in text and b"\xef\xbf\xbd" not in data:
+        typer.echo("warning: invalid UTF-8 on stdin was replaced by U+FFFD", err=True)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def _write_output(lines: list[str], path: Path | None, overwrite: bool) -> None:
+    """Write lines to stdout, or atomically to a file (an existing file only with --overwrite)."""
+    text = "".join(line + "\n" for line in lines)
+    if path is None or str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from seqtool.train.checkpoint import atomic_write_text
+
+    if path.exists() and not overwrite:
+        raise DataError(f"output file {path} exists", "pass --overwrite to replace it, or choose another -o")
+    atomic_write_text(path, text)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tokenizer
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    inputs: Annotated[list[Path], typer.Option("--input", "-i", help="Text file(s), one sentence per line.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output prefix: writes PREFIX.model and .vocab.")],
+    vocab_size: Annotated[int, typer.Option(help="Number of pieces, special symbols included.", min=8)] = 8000,
+    model_type: Annotated[ModelType, typer.Option("--type", help="SentencePiece algorithm.")] = ModelType.unigram,
+    character_coverage: Annotated[float, typer.Option(help="Share of characters to cover.", min=0.5, max=1.0)] = 1.0,
+    separate: Annotated[
+        bool, typer.Option("--separate", help="One model per input file (PREFIX.<ext>.model) instead of a joint one.")
+    ] = False,
+    input_sentence_size: Annotated[int, typer.Option(help="Sentences sampled for training.", min=1)] = 2_000_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing model files.")] = False,
+) -> None:
+    """Train a SentencePiece tokenizer (joint over all inputs, or --separate per input).
+
+    Example: seqtool tokenizer train -i data/train.en -i data/train.de --vocab-size 8000 -o spm
+    """
+    from seqtool.tokenizer import TokenizerSpec, train_sentencepiece
+
+    spec = TokenizerSpec(vocab_size, model_type.value, character_coverage, input_sentence_size, seed)
+    if separate:
+        suffixes = [p.suffix.lstrip(".") or str(i) for i, p in enumerate(inputs)]
+        if len(set(suffixes)) < len(suffixes):
+            suffixes = [str(i) for i in range(len(inputs))]
+        jobs = [([p], Path(f"{output}.{s}")) for p, s in zip(inputs, suffixes, strict=True)]
+    else:
+        jobs = [(list(inputs), output)]
+    for _, prefix in jobs:
+        model_file = Path(f"{prefix}.model")
+        if model_file.exists() and not overwrite:
+            raise DataError(f"{model_file} exists", "pass --overwrite to replace it, or choose another -o")
+    for files, prefix in jobs:
+        path = train_sentencepiece(files, prefix, spec)
+        typer.echo(f"wrote {path} and {path.with_suffix('.vocab')}", err=True)
+
+
+@tokenizer_app.command("encode")
+def tokenizer_encode(
+    model: Annotated[Path, typer.Option("--model", "-m", help="SentencePiece .model file.")],
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="Input file (default: stdin).")] = None,
+    ids: Annotated[bool, typer.Option("--ids", help="Print piece ids instead of pieces.")] = False,
+) -> None:
+    """Split text into pieces (or ids), one line per input line.
+
+    Example: echo "Hello world" | seqtool tokenizer encode -m runs/demo/spm.model
+    """
+    from seqtool.tokenizer import SentencePieceModel
+
+    sp = SentencePieceModel(model)
+    lines = _read_input(input)
+    rows = sp.encode(lines) if ids else sp.encode_pieces(lines)
+    _write_output([" ".join(map(str, row)) for row in rows], None, False)
+
+
+@tokenizer_app.command("decode")
+def tokenizer_decode(
+    model: Annotated[Path, typer.Option("--model", "-m", help="SentencePiece .model file.")],
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="Input file (default: stdin).")] = None,
+    ids: Annotated[bool, typer.Option("--ids", help="The input holds piece ids instead of pieces.")] = False,
+) -> None:
+    """Join pieces (or ids) back into text, one line per input line.
+
+    Example: echo "▁Hello ▁world" | seqtool tokenizer decode -m runs/demo/spm.model
+    """
+    from seqtool.tokenizer import SentencePieceModel
+
+    sp = SentencePieceModel(model)
+    lines = _read_input(input)
+    if ids:
+        try:
+            rows = [[int(tok) for tok in line.split()] for line in lines]
+        except ValueError:
+            raise DataError("--ids expects whitespace-separated integers on every line") from None
+        texts = sp.decode(rows)
+    else:
+        texts = sp.decode_pieces([line.split() for line in lines])
+    _write_output(texts, None, False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# train
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config file (or, with --resume, a run directory).")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: --set train.max_steps=2000 (repeatable).")
+    ] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/NAME).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in the run directory exactly.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start over in a run directory that holds a run.")
+    ] = False,
+    init_from: Annotated[
+        Path | None, typer.Option("--init-from", help="Start a new run from this checkpoint's weights.")
+    ] = None,
+    device: Annotated[Device | None, typer.Option(help="Override train.device.")] = None,
+) -> None:
+    """Train a model from a YAML config; writes config, tokenizer, checkpoints and metrics into the run directory.
+
+    Example: seqtool train recipes/wesnoth-en-de/transformer.yaml --set train.max_steps=2000 --run-dir runs/wes
+    """
+    from seqtool.config import load_config
+    from seqtool.progress import RichReporter
+    from seqtool.rundir import RunDir
+    from seqtool.train.trainer import train as run_training
+
+    sets = list(overrides or [])
+    if device is not None:
+        sets.append(f"train.device={device.value}")
+    if resume and config.is_dir():
+        run_dir = run_dir or config
+        config = RunDir(config).config
+        if not config.is_file():
+            raise SeqtoolError(f"{run_dir} is not a seqtool run directory (no config.yaml)")
+    if resume and init_from:
+        raise SeqtoolError(
+            "--resume and --init-from exclude each other", "--resume continues a run; --init-from starts one"
+        )
+    cfg = load_config(config, sets)
+    target = run_dir or Path("runs") / cfg.name
+    result = run_training(cfg, target, resume=resume, overwrite=overwrite, init_from=init_from, reporter=RichReporter())
+    if result.stop_reason == "interrupted":
+        raise typer.Exit(130)
+    best = f", best dev BLEU {result.best_bleu:.2f}" if result.best_bleu is not None else ""
+    typer.echo(f"done: {result.steps} steps{best}; run directory {result.run_dir}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# translate
+
+
+@app.command()
+def translate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `seqtool train`.")],
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="Input file (default: stdin).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
+    beam: Annotated[
+        int | None, typer.Option(help="Beam size; 1 = greedy (default: the config's decode.beam).", min=1)
+    ] = None,
+    length_penalty: Annotated[float | None, typer.Option(help="GNMT length penalty alpha; 0 = none.", min=0.0)] = None,
+    max_len_a: Annotated[float | None, typer.Option(help="Max output length = a * source length + b.", min=0.0)] = None,
+    max_len_b: Annotated[int | None, typer.Option(help="Max output length = a * source length + b.", min=0)] = None,
+    batch_tokens: Annotated[
+        int | None, typer.Option(help="Token budget per batch (source tokens × beam).", min=1)
+    ] = None,
+    checkpoint: Annotated[str, typer.Option(help="best, last, step_N or a checkpoint file.")] = "best",
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
+    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision.fp32,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = torch's default).", min=0)] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+) -> None:
+    """Translate text line by line: stdin to stdout (or -i/-o); one output line per input line, in order.
+
+    Example: seqtool translate runs/demo --beam 5 < data/test.en > hyp.de
+    """
+    from seqtool.decode.search import SearchConfig
+    from seqtool.decode.translate import Translator
+    from seqtool.rundir import load_for_inference
+    from seqtool.runtime import resolve_device, set_threads
+
+    set_threads(threads)
+    dev = resolve_device(device.value)
+    if output is not None and output.exists() and not overwrite:
+        raise DataError(f"output file {output} exists", "pass --overwrite to replace it, or choose another -o")
+    model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, dev)
+    dc = cfg.decode
+    search_cfg = SearchConfig(
+        beam=beam or dc.beam,
+        nbest=1,
+        length_penalty=dc.length_penalty if length_penalty is None else length_penalty,
+        max_len_a=dc.max_len_a if max_len_a is None else max_len_a,
+        max_len_b=dc.max_len_b if max_len_b is None else max_len_b,
+    )
+    lines = _read_input(input)
+    results = Translator(model, tokenizer, dev, precision.value).translate(
+        lines, search_cfg, batch_tokens or dc.batch_tokens
+    )
+    _write_output([nbest[0].text for nbest in results], output, overwrite)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# eval
+
+
+@app.command("eval")
+def evaluate(
+    hyp: Annotated[Path, typer.Option("--hyp", help="Hypotheses (detokenised), one per line.")],
+    ref: Annotated[Path, typer.Option("--ref", help="References, line-aligned with --hyp.")],
+    metrics: Annotated[str, typer.Option(help="Comma-separated: bleu, chrf, ter.")] = "bleu,chrf,ter",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Score hypotheses against references with sacrebleu (BLEU, chrF, TER) and print the signatures.
+
+    Example: seqtool eval --hyp hyp.de --ref data/test.de
+    """
+    from seqtool.data.corpus import read_parallel
+    from seqtool.evaluate import parse_metrics, score_corpus
+
+    names = parse_metrics(metrics)
+    hyps, refs = read_parallel(hyp, ref)
+    scores = score_corpus(hyps, refs, names)
+    if as_json:
+        payload = {s.name: {"score": round(s.score, 4), "signature": s.signature} for s in scores}
+        typer.echo(json.dumps(payload, ensure_ascii=False))
+        return
+    for s in scores:
+        typer.echo(s.text)
+        typer.echo(f"  signature: {s.signature}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# entry point
+
+
+def _fail(message: str, hint: str | None, code: int) -> NoReturn:
+    sys.stderr.write(f"error: {message}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def main() -> None:
+    """Console-script entry point: runs the app; SeqtoolError -> 'error: ...' on stderr with its exit code."""
+    debug = "--debug" in sys.argv[1:]
+    try:
+        app()
+    except SeqtoolError as exc:
+        if debug:
+            raise
+        _fail(exc.message, exc.hint, exc.exit_code)
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head -1`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(0) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _fail("interrupted", None, 130)

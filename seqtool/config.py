@@ -1,0 +1,424 @@
+"""The YAML schema as typed objects: the single source of defaults, strict validation, `--set` overrides.
+
+A config is read once, at the edge (`load_config`), into a `Config`; library code only ever sees the typed
+objects. Every problem is a `ConfigError` naming the dotted key and, when it comes from a file, its line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from seqtool.errors import ConfigError
+
+
+def _opt(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a default and a one-line description (shown in the config reference)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kwargs})
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+def _section(factory: Any, help: str) -> Any:
+    return field(default_factory=factory, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    """Line-aligned parallel text files."""
+
+    train_src: str = _opt("", "training source file, one sentence per line")
+    train_tgt: str = _opt("", "training target file, line-aligned with train_src")
+    dev_src: str = _opt("", "development source file (validation loss and BLEU); empty = no validation")
+    dev_tgt: str = _opt("", "development target file (reference)")
+    max_len: int = _opt(128, "drop training pairs with more pieces than this on either side", min=1)
+    max_ratio: float = _opt(0.0, "drop training pairs whose length ratio (in pieces) exceeds this; 0 = keep all", min=0)
+
+
+@dataclass
+class TokenizerConfig:
+    """SentencePiece settings; `train` trains the model(s) when the file(s) do not exist yet."""
+
+    joint: bool = _opt(True, "one model for both sides (needed for shared embeddings)")
+    model: str = _opt("", "joint SentencePiece model file; empty = spm.model inside the run directory")
+    src_model: str = _opt("", "source model when joint is false; empty = spm.src.model in the run directory")
+    tgt_model: str = _opt("", "target model when joint is false; empty = spm.tgt.model in the run directory")
+    type: Literal["unigram", "bpe"] = _opt("unigram", "SentencePiece model type")
+    vocab_size: int = _opt(8000, "number of pieces (special symbols included)", min=8)
+    character_coverage: float = _opt(1.0, "share of characters covered by the vocabulary", min=0.5, max=1.0)
+    input_sentence_size: int = _opt(2_000_000, "sentences sampled to train the tokenizer", min=1)
+
+
+@dataclass
+class TransformerConfig:
+    """The Transformer encoder–decoder."""
+
+    kind: Literal["transformer"] = _opt("transformer", "model family")
+    d_model: int = _opt(256, "width of embeddings and layers", min=1)
+    heads: int = _opt(4, "attention heads (must divide d_model)", min=1)
+    ffn_dim: int = _opt(1024, "inner size of the feed-forward sub-layers", min=1)
+    encoder_layers: int = _opt(3, "encoder layers", min=1)
+    decoder_layers: int = _opt(3, "decoder layers", min=1)
+    dropout: float = _opt(0.1, "dropout on embeddings, sub-layer outputs and FFN", min=0.0, below=1.0)
+    attention_dropout: float = _opt(0.1, "dropout on attention weights", min=0.0, below=1.0)
+    activation: Literal["relu", "gelu"] = _opt("relu", "FFN activation")
+    pre_norm: bool = _opt(True, "layer norm before each sub-layer (true) or after the residual (false)")
+    share_embeddings: bool = _opt(True, "one embedding matrix for source and target (needs a joint tokenizer)")
+    tie_output: bool = _opt(True, "output projection shares the target embedding matrix")
+    max_positions: int = _opt(1024, "longest sequence the positional encoding is prepared for", min=1)
+
+
+@dataclass
+class RNNConfig:
+    """The recurrent encoder–decoder (GRU or LSTM), optionally with attention."""
+
+    kind: Literal["rnn"] = _opt("rnn", "model family")
+    cell: Literal["gru", "lstm"] = _opt("gru", "recurrent cell")
+    embed_dim: int = _opt(256, "embedding size", min=1)
+    hidden_size: int = _opt(512, "hidden state size of encoder (per direction) and decoder", min=1)
+    encoder_layers: int = _opt(1, "encoder layers", min=1)
+    decoder_layers: int = _opt(1, "decoder layers", min=1)
+    bidirectional: bool = _opt(True, "bidirectional encoder")
+    attention: Literal["none", "bahdanau", "luong"] = _opt("bahdanau", "attention over encoder states")
+    dropout: float = _opt(0.2, "dropout on embeddings and between layers", min=0.0, below=1.0)
+    share_embeddings: bool = _opt(False, "one embedding matrix for source and target (needs a joint tokenizer)")
+    tie_output: bool = _opt(False, "output projection shares the target embedding matrix")
+
+
+ModelConfig = TransformerConfig | RNNConfig
+MODEL_KINDS: dict[str, type] = {"transformer": TransformerConfig, "rnn": RNNConfig}
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, batching, validation and stopping."""
+
+    max_steps: int = _opt(10000, "stop after this many optimizer updates", min=1)
+    max_minutes: float = _opt(0.0, "stop after this many minutes of training; 0 = no limit", min=0.0)
+    batch_tokens: int = _opt(4096, "token budget per batch (max of source and target tokens incl. padding)", min=1)
+    lr: float = _opt(1e-3, "peak learning rate", min=0.0)
+    schedule: Literal["inverse_sqrt", "constant", "linear"] = _opt(
+        "inverse_sqrt", "learning-rate schedule after warm-up (linear: decays to 0 at max_steps)"
+    )
+    warmup: int = _opt(400, "linear warm-up steps to the peak learning rate", min=0)
+    adam_betas: list[float] = _opt([0.9, 0.98], "Adam beta1, beta2")
+    adam_eps: float = _opt(1e-8, "Adam epsilon", min=0.0)
+    weight_decay: float = _opt(0.0, "decoupled weight decay (AdamW)", min=0.0)
+    label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy", min=0.0, below=1.0)
+    clip_norm: float = _opt(1.0, "clip the gradient norm to this; 0 = no clipping", min=0.0)
+    log_every: int = _opt(50, "steps between progress/metrics lines", min=1)
+    eval_every: int = _opt(500, "steps between validations (dev loss and BLEU)", min=1)
+    eval_max_sentences: int = _opt(0, "translate at most this many dev sentences for dev BLEU; 0 = all", min=0)
+    save_every: int = _opt(0, "steps between step_N.pt checkpoints besides best/last; 0 = only at validation", min=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = _opt("auto", "where to train (auto: cuda if available)")
+    precision: Literal["fp32", "bf16"] = _opt("fp32", "bf16 autocast (CPU with AVX-512 bf16/AMX, or GPU)")
+    threads: int = _opt(0, "CPU threads for torch; 0 = torch's default", min=0)
+
+
+@dataclass
+class DecodeConfig:
+    """Translation settings (used for dev BLEU and as `translate`'s defaults)."""
+
+    beam: int = _opt(5, "beam size; 1 = greedy", min=1)
+    length_penalty: float = _opt(1.0, "GNMT length penalty alpha; 0 = raw log-probability", min=0.0)
+    max_len_a: float = _opt(1.5, "maximum output length = a * source length + b", min=0.0)
+    max_len_b: int = _opt(10, "maximum output length = a * source length + b", min=0)
+    batch_tokens: int = _opt(4000, "source-token budget per decoding batch", min=1)
+
+
+@dataclass
+class Config:
+    """A whole seqtool configuration."""
+
+    name: str = _opt("", "run name (default: the config file's name)")
+    seed: int = _opt(42, "seed of every random generator")
+    data: DataConfig = _section(DataConfig, "corpus files")
+    tokenizer: TokenizerConfig = _section(TokenizerConfig, "SentencePiece tokenizer")
+    model: ModelConfig = _section(TransformerConfig, "model architecture (kind: transformer | rnn)")
+    train: TrainConfig = _section(TrainConfig, "training")
+    decode: DecodeConfig = _section(DecodeConfig, "decoding")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building typed objects from plain data
+
+
+class _Places:
+    """Maps dotted keys to 'file:line' for error messages."""
+
+    def __init__(self, source: str | None = None, lines: dict[str, int] | None = None) -> None:
+        self.source = source
+        self.lines = lines or {}
+        self.overrides: set[str] = set()
+
+    def where(self, dotted: str) -> str:
+        if dotted in self.overrides:
+            return " (from --set)"
+        probe = dotted
+        while probe:
+            if probe in self.lines:
+                return f" ({self.source}:{self.lines[probe]})"
+            probe = probe.rpartition(".")[0]
+        return f" (in {self.source})" if self.source else ""
+
+
+def _line_map(text: str) -> dict[str, int]:
+    """Dotted key -> 1-based line number, from the YAML node tree."""
+    lines: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                dotted = f"{prefix}{key_node.value}"
+                lines[dotted] = key_node.start_mark.line + 1
+                walk(value_node, dotted + ".")
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, "")
+    return lines
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, dotted: str, places: _Places) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (int -> float where a float is expected)."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(
+        f"{dotted}{places.where(dotted)}: expected {_type_name(tp)}, got {value!r}",
+    )
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(
+                f"{dotted}{places.where(dotted)}: {value!r} is not one of: {', '.join(map(str, choices))}",
+            )
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{dotted}[{i}]", places) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise bad
+        return str(value)
+    raise TypeError(f"unsupported annotation {tp}")  # a schema bug, not a user error
+
+
+def _check_range(value: Any, f: dataclasses.Field, dotted: str, places: _Places) -> None:
+    meta = f.metadata
+    where = places.where(dotted)
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{dotted}{where}: must be >= {meta['min']}, got {value}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{dotted}{where}: must be <= {meta['max']}, got {value}")
+    if "below" in meta and value >= meta["below"]:
+        raise ConfigError(f"{dotted}{where}: must be < {meta['below']}, got {value}")
+
+
+def _unknown_key(key: str, valid: list[str], dotted: str, places: _Places, what: str) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown key '{dotted}'{places.where(dotted)} in {what}", hint)
+
+
+def _build(cls: type, raw: Any, prefix: str, places: _Places) -> Any:
+    """Build dataclass `cls` from a mapping, strictly."""
+    what = f"section '{prefix.rstrip('.')}'" if prefix else "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        where = places.where(prefix.rstrip(".")) if prefix else ""
+        raise ConfigError(f"{prefix.rstrip('.') or 'the config'}{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise _unknown_key(str(key), list(fields), dotted, places, what)
+        tp = hints[key]
+        if typing.get_origin(tp) in (Union, types.UnionType) and key == "model":
+            values[key] = _build_model(value, dotted + ".", places)
+        elif dataclasses.is_dataclass(tp):
+            values[key] = _build(tp, value, dotted + ".", places)
+        else:
+            values[key] = _coerce(value, tp, dotted, places)
+            _check_range(values[key], fields[key], dotted, places)
+    return cls(**values)
+
+
+def _build_model(raw: Any, prefix: str, places: _Places) -> ModelConfig:
+    kind = raw.get("kind", "transformer") if isinstance(raw, dict) else "transformer"
+    if kind not in MODEL_KINDS:
+        dotted = prefix + "kind"
+        raise ConfigError(f"{dotted}{places.where(dotted)}: {kind!r} is not one of: {', '.join(MODEL_KINDS)}")
+    return _build(MODEL_KINDS[kind], raw, prefix, places)
+
+
+def _validate(cfg: Config, places: _Places) -> None:
+    """Checks that involve more than one key."""
+    model = cfg.model
+    if isinstance(model, TransformerConfig) and model.d_model % model.heads:
+        raise ConfigError(
+            f"model.d_model{places.where('model.d_model')}: {model.d_model} is not divisible by "
+            f"model.heads = {model.heads}"
+        )
+    if model.share_embeddings and not cfg.tokenizer.joint:
+        raise ConfigError(
+            f"model.share_embeddings{places.where('model.share_embeddings')}: needs a joint tokenizer",
+            "set tokenizer.joint: true, or model.share_embeddings: false",
+        )
+    if len(cfg.train.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.train.adam_betas):
+        raise ConfigError(f"train.adam_betas{places.where('train.adam_betas')}: expected two numbers in [0, 1)")
+    if bool(cfg.data.dev_src) != bool(cfg.data.dev_tgt):
+        raise ConfigError("data.dev_src and data.dev_tgt must be given together")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def parse_overrides(assignments: list[str]) -> list[tuple[str, Any]]:
+    """Parse `key.path=value` strings; values are YAML scalars/lists (`3`, `0.1`, `true`, `[0.9, 0.98]`)."""
+    parsed = []
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. train.max_steps=2000")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({exc.__class__.__name__})") from None
+        parsed.append((key.strip(), value))
+    return parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, Any]], places: _Places | None = None) -> None:
+    """Set dotted keys in the raw mapping (creating sections as needed); validation happens afterwards."""
+    for dotted, value in overrides:
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+        if places is not None:
+            places.overrides.add(dotted)
+
+
+def config_from_dict(raw: Any, source: str | None = None, text: str | None = None) -> Config:
+    """Validate plain data (as from YAML) into a `Config`."""
+    places = _Places(source, _line_map(text) if text else None)
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{source or 'config'}: the top level must be a mapping of sections, got {type(raw).__name__}"
+        )
+    cfg = _build(Config, raw, "", places)
+    _validate(cfg, places)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file (safe_load only), apply `--set` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" if not path.exists() else f"not a file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{at}: not valid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    places = _Places(str(path), _line_map(text))
+    apply_overrides(raw, parse_overrides(overrides or []), places)
+    cfg = _build(Config, raw, "", places)
+    _validate(cfg, places)
+    if not cfg.name:
+        cfg.name = path.stem
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain data (every default filled in)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def config_diff(old: Config, new: Config) -> list[str]:
+    """Human-readable differences `key: old -> new` between two configs."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in dict.fromkeys([*a, *b]):
+                walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix.rstrip('.')}: {a!r} -> {b!r}")
+
+    walk(config_to_dict(old), config_to_dict(new), "")
+    return out
+
+
+def iter_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[str, Any, str]]:
+    """Yield (dotted key, default, help) for every leaf key of the schema (both model kinds)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (Union, types.UnionType):
+            for sub in typing.get_args(tp):
+                yield from iter_fields(sub, f"{prefix}{f.name}[{sub.__name__}].")
+        elif dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, f"{prefix}{f.name}.")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            yield f"{prefix}{f.name}", default, f.metadata.get("help", "")

@@ -1,0 +1,284 @@
+"""Greedy and batched beam search, written once against the `Seq2SeqModel` step interface.
+
+Both searches decode a padded source batch (batch, src_len) and return, in input order, a list of
+hypotheses per sentence (best first). Finished sentences leave the batch: their rows are dropped from
+the decoder state with `model.reorder_state`, so later steps only compute on live sentences.
+
+Maximum length: a hypothesis has at most floor(a * src_len + b) target tokens (</s> not counted), with
+src_len the number of non-pad source tokens. A hypothesis that reaches it is forced to end: </s> is
+appended and its log-probability counted, so `log_prob` is always the model's log-probability of
+`tokens + [</s>]`.
+
+Length penalty (`LENGTH_PENALTIES`, chosen by `SearchConfig.length_penalty_kind`, alpha =
+`SearchConfig.length_penalty`): a finished hypothesis is ranked by score = log_prob / lp(len), where
+len counts its tokens including </s>:
+    gnmt  lp = ((5 + len) / 6) ** alpha     (Wu et al. 2016; alpha = 0 gives the raw sum of log-probs)
+    avg   lp = len ** alpha                 (alpha = 1: average log-prob per token)
+    none  lp = 1
+Greedy search does not normalise: its score is its log_prob.
+
+Early stopping (beam search): a sentence is done when it has `beam` finished hypotheses and no live
+beam can still beat the worst of them. Log-probs only decrease as tokens are added, so a live beam
+with log-prob s (<= 0) can at best reach s / lp(L) for a final length L in [current + 1, max + 1];
+lp is monotone in L, so the bound is s / max(lp(current + 1), lp(max + 1)). This is an exact bound:
+the search never stops early on a hypothesis it could still improve on. A sentence is also done when it
+reaches its maximum length (every live beam is then finalised with </s>) or when no live beam is left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from seqtool.errors import ConfigError, check
+from seqtool.models.base import DecoderState, Seq2SeqModel
+
+__all__ = [
+    "LENGTH_PENALTIES",
+    "Hypothesis",
+    "SearchConfig",
+    "beam_search",
+    "greedy_search",
+    "max_lengths",
+    "score_sequence",
+    "search",
+]
+
+
+@dataclass
+class Hypothesis:
+    """One output sequence of the search."""
+
+    tokens: list[int]  # target ids without bos/eos
+    score: float  # the score used for ranking (length-normalised when a length penalty is used)
+    log_prob: float  # sum of token log-probabilities, </s> included
+
+
+@dataclass
+class SearchConfig:
+    """Decoding options (the `decode` section of the config)."""
+
+    beam: int = 5
+    nbest: int = 1
+    length_penalty: float = 1.0  # alpha; 0 = raw sum of log-probs
+    max_len_a: float = 1.5  # max target length = a * src_len + b (src_len counts real source tokens)
+    max_len_b: int = 10
+    length_penalty_kind: str = "gnmt"  # a key of LENGTH_PENALTIES
+
+
+def _lp_gnmt(length: Tensor, alpha: float) -> Tensor:
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def _lp_avg(length: Tensor, alpha: float) -> Tensor:
+    return length**alpha
+
+
+def _lp_none(length: Tensor, alpha: float) -> Tensor:
+    return torch.ones_like(length)
+
+
+# length (tokens including </s>, float tensor), alpha -> divisor of the summed log-prob
+LENGTH_PENALTIES: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "gnmt": _lp_gnmt,
+    "avg": _lp_avg,
+    "none": _lp_none,
+}
+
+
+def max_lengths(src: Tensor, pad: int, a: float, b: float) -> Tensor:
+    """Per-sentence maximum number of target tokens (</s> excluded): floor(a * src_len + b), at least 0."""
+    src_len = (src != pad).sum(1).double()
+    return torch.floor(a * src_len + b).long().clamp_min(0)
+
+
+def _banned(model: Seq2SeqModel, device: torch.device) -> Tensor:
+    return torch.tensor([model.specials.pad, model.specials.bos], device=device)
+
+
+def _next_log_probs(
+    model: Seq2SeqModel, tokens: Tensor, state: DecoderState, banned: Tensor
+) -> tuple[Tensor, DecoderState]:
+    """One decoder step: float32 log-probs (rows, vocab) with pad and bos made impossible."""
+    logits, state = model.step(tokens, state)
+    lprobs = logits.float().log_softmax(-1)
+    return lprobs.index_fill_(1, banned, -math.inf), state
+
+
+@torch.inference_mode()
+def greedy_search(model: Seq2SeqModel, src: Tensor, max_len_a: float, max_len_b: int) -> list[list[Hypothesis]]:
+    """Batched greedy decoding: one hypothesis per sentence, in input order, with score = log_prob."""
+    sp = model.specials
+    batch, device = src.size(0), src.device
+    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    if batch == 0:
+        return results
+    max_len = max_lengths(src, sp.pad, max_len_a, max_len_b)
+    state = model.init_state(model.encode(src))
+    banned = _banned(model, device)
+    tokens = src.new_full((batch, int(max_len.max())), sp.pad)  # (n, max target length)
+    log_prob = torch.zeros(batch, device=device)
+    sent = torch.arange(batch, device=device)  # input position of each live row
+    prev = src.new_full((batch,), sp.bos)
+    t = 0
+    while True:
+        lprobs, state = _next_log_probs(model, prev, state, banned)
+        tok = lprobs.argmax(-1).masked_fill_(max_len == t, sp.eos)
+        log_prob = log_prob + lprobs.gather(1, tok.unsqueeze(1)).squeeze(1)
+        done = tok == sp.eos
+        n_done = int(done.sum())  # the one host sync per step
+        if n_done:
+            for i, toks, lp in zip(
+                sent[done].tolist(), tokens[done, :t].tolist(), log_prob[done].tolist(), strict=True
+            ):
+                results[i] = [Hypothesis(tokens=toks, score=lp, log_prob=lp)]
+            if n_done == done.numel():
+                return results
+            keep = (~done).nonzero().squeeze(1)
+            state = model.reorder_state(state, keep)
+            tokens, log_prob, sent, max_len, tok = tokens[keep], log_prob[keep], sent[keep], max_len[keep], tok[keep]
+        tokens[:, t] = tok
+        prev = tok
+        t += 1
+
+
+@torch.inference_mode()
+def beam_search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[list[Hypothesis]]:
+    """Batched beam search over batch x beam rows: `cfg.nbest` hypotheses per sentence, best first, in input order."""
+    k = cfg.beam
+    check(k >= 1, f"beam must be >= 1, got {k}", kind=ConfigError)
+    check(1 <= cfg.nbest <= k, f"nbest must be between 1 and beam ({k}), got {cfg.nbest}", kind=ConfigError)
+    check(
+        cfg.length_penalty_kind in LENGTH_PENALTIES,
+        f"unknown length penalty {cfg.length_penalty_kind!r}",
+        hint=f"choose one of {', '.join(LENGTH_PENALTIES)}",
+        kind=ConfigError,
+    )
+    sp = model.specials
+    batch, device = src.size(0), src.device
+    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    if batch == 0:
+        return results
+    neg_inf, lowest = -math.inf, torch.finfo(torch.float32).min
+
+    max_len = max_lengths(src, sp.pad, cfg.max_len_a, cfg.max_len_b)
+    width = int(max_len.max())
+    # lp_table[L] = penalty of a hypothesis of L tokens including </s>
+    lp_fn = LENGTH_PENALTIES[cfg.length_penalty_kind]
+    lp_table = lp_fn(torch.arange(width + 3, device=device, dtype=torch.float32), cfg.length_penalty)
+    lp_at_max = lp_table[max_len + 1]  # (n,)
+
+    state = model.init_state(model.encode(src))
+    state = model.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
+    banned = _banned(model, device)
+    beams = torch.arange(k, device=device)
+    sent = torch.arange(batch, device=device)  # input position of each live sentence
+
+    # live beams: (n, k) summed log-probs; at the start only beam 0 is live, so beams do not duplicate
+    log_prob = torch.full((batch, k), neg_inf, device=device)
+    log_prob[:, 0] = 0.0
+    tokens = src.new_full((batch, k, width), sp.pad)
+    prev = src.new_full((batch * k,), sp.bos)
+    # finished hypotheses, sorted best first; key = score, -inf for an empty slot (lowest for a legal
+    # hypothesis of probability 0, only possible when the model forbids </s> and the max length forces it)
+    fin_key = torch.full((batch, k), neg_inf, device=device)
+    fin_log_prob = torch.full((batch, k), neg_inf, device=device)
+    fin_tokens = src.new_full((batch, k, width), sp.pad)
+
+    t = 0  # tokens in every live hypothesis
+    while True:
+        n = log_prob.size(0)
+        lprobs, state = _next_log_probs(model, prev, state, banned)
+        vocab = lprobs.size(-1)
+        cand = log_prob.unsqueeze(-1) + lprobs.view(n, k, vocab)  # (n, k, vocab)
+        # 2k candidates: at most k of them end with </s> (one per beam), so k others remain to continue
+        top_val, top_idx = cand.view(n, k * vocab).topk(min(2 * k, k * vocab), dim=1)
+        top_beam, top_tok = top_idx // vocab, top_idx % vocab
+
+        # new finished hypotheses: </s> among the k best candidates, or every live beam at the max length
+        forced = (max_len == t).unsqueeze(1)  # (n, 1)
+        eos_val = torch.where(forced, cand[:, :, sp.eos], top_val[:, :k])
+        eos_beam = torch.where(forced, beams, top_beam[:, :k])
+        eos_ok = torch.where(forced, log_prob > neg_inf, (top_tok[:, :k] == sp.eos) & (top_val[:, :k] > neg_inf))
+        eos_key = (eos_val / lp_table[t + 1]).nan_to_num_(neginf=lowest).masked_fill_(~eos_ok, neg_inf)
+        eos_tokens = tokens.gather(1, eos_beam.unsqueeze(-1).expand(-1, -1, width))
+        fin_key, pick = torch.cat([fin_key, eos_key], 1).topk(k, dim=1)
+        fin_log_prob = torch.cat([fin_log_prob, eos_val], 1).gather(1, pick)
+        fin_tokens = torch.cat([fin_tokens, eos_tokens], 1).gather(1, pick.unsqueeze(-1).expand(-1, -1, width))
+
+        # live beams for the next step: the k best candidates not ending with </s>
+        log_prob, pick = top_val.masked_fill(top_tok == sp.eos, neg_inf).topk(k, dim=1)
+        beam, tok = top_beam.gather(1, pick), top_tok.gather(1, pick)
+
+        bound = log_prob[:, 0] / torch.maximum(lp_table[t + 2], lp_at_max)
+        done = forced.squeeze(1) | (log_prob[:, 0] == neg_inf) | (bound <= fin_key[:, k - 1])
+        n_done = int(done.sum())  # the one host sync per step
+        if n_done:
+            _collect(
+                results, sent[done], fin_key[done], fin_log_prob[done], fin_tokens[done], lp_table, sp.pad, cfg.nbest
+            )
+            if n_done == n:
+                return results
+            keep = ~done
+            sent, max_len, lp_at_max = sent[keep], max_len[keep], lp_at_max[keep]
+            fin_key, fin_log_prob, fin_tokens = fin_key[keep], fin_log_prob[keep], fin_tokens[keep]
+            log_prob, beam, tok, tokens = log_prob[keep], beam[keep], tok[keep], tokens[keep]
+            rows = (keep.nonzero() * k + beam).view(-1)
+        else:
+            rows = (torch.arange(n, device=device).unsqueeze(1) * k + beam).view(-1)
+        state = model.reorder_state(state, rows)
+        tokens = tokens.gather(1, beam.unsqueeze(-1).expand(-1, -1, width))
+        tokens[:, :, t] = tok
+        prev = tok.view(-1)
+        t += 1
+
+
+def _collect(
+    results: list[list[Hypothesis]],
+    sent: Tensor,
+    key: Tensor,
+    log_prob: Tensor,
+    tokens: Tensor,
+    lp_table: Tensor,
+    pad: int,
+    nbest: int,
+) -> None:
+    """Turn the finished buffers of the sentences that are done into Hypothesis lists (best first)."""
+    key, log_prob, tokens = key[:, :nbest], log_prob[:, :nbest], tokens[:, :nbest]
+    lengths = (tokens != pad).sum(-1)  # pad is never emitted, so it only fills the tail
+    score = log_prob / lp_table[lengths + 1]
+    rows = zip(
+        sent.tolist(), key.tolist(), score.tolist(), log_prob.tolist(), tokens.tolist(), lengths.tolist(), strict=True
+    )
+    for i, keys, scores, log_probs, toks, lens in rows:
+        results[i] = [
+            Hypothesis(tokens=toks[j][: lens[j]], score=scores[j], log_prob=log_probs[j])
+            for j in range(nbest)
+            if keys[j] > -math.inf
+        ]
+
+
+def search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[list[Hypothesis]]:
+    """Greedy search when beam == nbest == 1, else beam search; `cfg.nbest` hypotheses per sentence, input order."""
+    if cfg.beam == 1 and cfg.nbest == 1:
+        return greedy_search(model, src, cfg.max_len_a, cfg.max_len_b)
+    return beam_search(model, src, cfg)
+
+
+@torch.inference_mode()
+def score_sequence(model: Seq2SeqModel, src: Tensor, tgt: Tensor) -> Tensor:
+    """Teacher-forced log-probability (batch,) of each target (ids without bos/eos, padded), </s> included."""
+    sp = model.specials
+    batch = tgt.size(0)
+    lengths = (tgt != sp.pad).sum(1)
+    pad_col = tgt.new_full((batch, 1), sp.pad)
+    tgt_in = torch.cat([tgt.new_full((batch, 1), sp.bos), tgt], 1)
+    tgt_out = torch.cat([tgt, pad_col], 1)
+    tgt_out[torch.arange(batch, device=tgt.device), lengths] = sp.eos
+    lprobs = model(src, tgt_in).float().log_softmax(-1)
+    token_lp = lprobs.gather(2, tgt_out.unsqueeze(-1)).squeeze(-1)
+    return token_lp.masked_fill(tgt_out == sp.pad, 0.0).sum(1)

@@ -1,0 +1,85 @@
+"""The interface every seqtool model implements.
+
+Training calls `forward(src, tgt_in)` on whole sequences (teacher forcing).
+Decoding (greedy and beam search, written once in `seqtool.decode.search`) uses the
+step-wise interface: `encode` once, `init_state`, then `step` one target token at a time,
+with `reorder_state` to select, repeat or drop rows of the batch (beam expansion,
+beam reordering, finished sentences leaving the batch).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the special symbols shared by tokenizer and model."""
+
+    pad: int
+    bos: int
+    eos: int
+    unk: int
+
+
+@dataclass
+class EncoderOutput:
+    """What the encoder hands to the decoder."""
+
+    memory: Tensor  # (batch, src_len, dim) encoder states h_e[t]
+    src_mask: Tensor  # (batch, src_len) bool, True at real (non-pad) source positions
+    final: Any = None  # model-specific summary of the source (RNN: last hidden state(s))
+
+
+DecoderState = dict[str, Any]
+
+
+def select_rows(value: Any, index: Tensor, dim: int = 0) -> Any:
+    """Select `index` along `dim` of every tensor in a nested dict/list/tuple structure."""
+    if isinstance(value, Tensor):
+        return value.index_select(dim, index)
+    if isinstance(value, dict):
+        return {k: select_rows(v, index, dim) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(select_rows(v, index, dim) for v in value)
+    return value
+
+
+class Seq2SeqModel(nn.Module, ABC):
+    """An encoder–decoder translation model."""
+
+    specials: SpecialIds
+
+    @abstractmethod
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits: src (batch, src_len), tgt_in (batch, tgt_len) -> (batch, tgt_len, tgt_vocab)."""
+
+    @abstractmethod
+    def encode(self, src: Tensor) -> EncoderOutput:
+        """Encode a padded source batch (batch, src_len)."""
+
+    @abstractmethod
+    def init_state(self, enc: EncoderOutput) -> DecoderState:
+        """The decoder state before the first target token (holds everything `step` needs, encoder output included)."""
+
+    @abstractmethod
+    def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        """Feed the previous target token (batch,) and return next-token logits (batch, tgt_vocab) and the new state."""
+
+    def reorder_state(self, state: DecoderState, index: Tensor) -> DecoderState:
+        """Keep/repeat/reorder batch rows of the state: row i of the result is row index[i] of `state`."""
+        return select_rows(state, index)
+
+    def num_parameters(self) -> int:
+        """Number of distinct trainable parameters (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def attention_weights(self, src: Tensor, tgt_in: Tensor) -> Tensor | None:
+        """Cross-attention weights (batch, tgt_len, src_len) averaged over heads/layers, if the model has any."""
+        return None

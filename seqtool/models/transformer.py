@@ -1,0 +1,240 @@
+"""The Transformer encoder–decoder (Vaswani et al., 2017) with pre- or post-norm and a key/value cache for decoding."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from seqtool.models.attention import MultiHeadAttention
+from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, SpecialIds
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
+
+KVPair = tuple[Tensor, Tensor]
+
+
+def sinusoidal_positions(length: int, dim: int, start: int = 0) -> Tensor:
+    """Sinusoidal position encodings (length, dim) for positions start .. start+length-1 (sin on even, cos on odd)."""
+    position = torch.arange(start, start + length, dtype=torch.float32)[:, None]  # (length, 1)
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))  # (ceil(dim/2),)
+    angles = position * frequency  # (length, ceil(dim/2))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : dim // 2])
+    return table
+
+
+def _feed_forward(d_model: int, ffn_dim: int, activation: str) -> nn.Sequential:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    return nn.Sequential(nn.Linear(d_model, ffn_dim), ACTIVATIONS[activation](), nn.Linear(ffn_dim, d_model))
+
+
+class _ResidualLayer(nn.Module):
+    """Residual sub-layer wiring: pre-norm `x + f(LN(x))` or post-norm `LN(x + f(x))`, dropout on f's output."""
+
+    def __init__(self, dropout: float, pre_norm: bool) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.pre_norm = pre_norm
+
+    def _sublayer_input(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
+        return norm(x) if self.pre_norm else x
+
+    def _sublayer_output(self, x: Tensor, y: Tensor, norm: nn.LayerNorm) -> Tensor:
+        return x + self.dropout(y) if self.pre_norm else norm(x + self.dropout(y))
+
+
+class EncoderLayer(_ResidualLayer):
+    """Self-attention then feed-forward: Z = MHA(X) + X, H = FFN(Z) + Z (plus layer norms)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        ffn_dim: int,
+        dropout: float,
+        attention_dropout: float,
+        activation: str,
+        pre_norm: bool,
+    ) -> None:
+        super().__init__(dropout, pre_norm)
+        self.self_attn = MultiHeadAttention(d_model, heads, attention_dropout)
+        self.ffn = _feed_forward(d_model, ffn_dim, activation)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+        """x (batch, src_len, d_model), src_mask (batch, src_len) True = real -> (batch, src_len, d_model)."""
+        h = self._sublayer_input(x, self.norm1)
+        x = self._sublayer_output(x, self.self_attn(h, h, h, src_mask), self.norm1)
+        return self._sublayer_output(x, self.ffn(self._sublayer_input(x, self.norm2)), self.norm2)
+
+
+class DecoderLayer(_ResidualLayer):
+    """Causal self-attention, cross-attention over the encoder output, feed-forward (each with residual + norm)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int,
+        ffn_dim: int,
+        dropout: float,
+        attention_dropout: float,
+        activation: str,
+        pre_norm: bool,
+    ) -> None:
+        super().__init__(dropout, pre_norm)
+        self.self_attn = MultiHeadAttention(d_model, heads, attention_dropout)
+        self.cross_attn = MultiHeadAttention(d_model, heads, attention_dropout)
+        self.ffn = _feed_forward(d_model, ffn_dim, activation)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def _self_attention_block(self, x: Tensor, past: KVPair | None) -> tuple[Tensor, KVPair]:
+        """Causal self-attention; with `past` keys/values (incremental decoding) the new ones are appended."""
+        h = self._sublayer_input(x, self.norm1)
+        k, v = self.self_attn.project_kv(h)  # (batch, heads, tgt_len, head_dim)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        # With a cache the new positions are the last ones, so the (bottom-right aligned) causal mask is still right.
+        return self._sublayer_output(x, self.self_attn.attend(h, k, v, causal=True), self.norm1), (k, v)
+
+    def forward(
+        self, x: Tensor, memory_kv: KVPair, src_mask: Tensor, past: KVPair | None = None
+    ) -> tuple[Tensor, KVPair]:
+        """x (batch, tgt_len, d_model); memory_kv: cross-attention keys/values from `cross_attn.project_kv(memory)`.
+
+        Returns the output (batch, tgt_len, d_model) and the self-attention keys/values (past ones included).
+        """
+        x, kv = self._self_attention_block(x, past)
+        h = self._sublayer_input(x, self.norm2)
+        x = self._sublayer_output(x, self.cross_attn.attend(h, *memory_kv, src_mask), self.norm2)
+        return self._sublayer_output(x, self.ffn(self._sublayer_input(x, self.norm3)), self.norm3), kv
+
+    def cross_attention_weights(self, x: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
+        """Head-averaged cross-attention weights (batch, tgt_len, src_len) of this layer for input x."""
+        x, _ = self._self_attention_block(x, None)
+        return self.cross_attn.weights(self._sublayer_input(x, self.norm2), memory, src_mask)
+
+
+class Transformer(Seq2SeqModel):
+    """Transformer encoder–decoder with sinusoidal positions, optional shared/tied embeddings and a KV cache.
+
+    Decoder state (all tensors batch-first, so `reorder_state` works unchanged):
+    `pos` (int, the next target position), `src_mask` (batch, src_len), and `layers`: one dict per decoder layer with
+    `self_k`/`self_v` (batch, heads, decoded_len, head_dim) and `cross_k`/`cross_v` (batch, heads, src_len, head_dim).
+    """
+
+    def __init__(
+        self,
+        src_vocab: int,
+        tgt_vocab: int,
+        specials: SpecialIds,
+        d_model: int = 256,
+        heads: int = 4,
+        ffn_dim: int = 1024,
+        encoder_layers: int = 3,
+        decoder_layers: int = 3,
+        dropout: float = 0.1,
+        attention_dropout: float = 0.1,
+        activation: str = "relu",
+        pre_norm: bool = True,
+        share_embeddings: bool = True,
+        tie_output: bool = True,
+        max_positions: int = 1024,
+    ) -> None:
+        super().__init__()
+        if share_embeddings and src_vocab != tgt_vocab:
+            raise ValueError(
+                f"share_embeddings needs equal source and target vocabularies (got {src_vocab} and {tgt_vocab})"
+            )
+        self.specials = specials
+        self.d_model = d_model
+        self.embed_scale = math.sqrt(d_model)
+        self.tgt_embed = nn.Embedding(tgt_vocab, d_model, padding_idx=specials.pad)
+        self.src_embed = (
+            self.tgt_embed if share_embeddings else nn.Embedding(src_vocab, d_model, padding_idx=specials.pad)
+        )
+        self.register_buffer("positions", sinusoidal_positions(max_positions, d_model), persistent=False)
+        self.dropout = nn.Dropout(dropout)
+        layer_args = (d_model, heads, ffn_dim, dropout, attention_dropout, activation, pre_norm)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(*layer_args) for _ in range(encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(*layer_args) for _ in range(decoder_layers))
+        # Pre-norm leaves the residual stream unnormalised, so each stack ends with a layer norm.
+        self.encoder_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
+        self.output = nn.Linear(d_model, tgt_vocab)
+        self._reset_parameters()
+        if tie_output:
+            self.output.weight = self.tgt_embed.weight
+
+    def _reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for embed in dict.fromkeys((self.src_embed, self.tgt_embed)):  # ordered, shared counted once
+            nn.init.normal_(embed.weight, mean=0.0, std=self.d_model**-0.5)
+            with torch.no_grad():
+                embed.weight[self.specials.pad].zero_()
+
+    def _embed(self, tokens: Tensor, embed: nn.Embedding, start: int = 0) -> Tensor:
+        """Scaled embeddings plus positions start .. start+len-1: (batch, len) -> (batch, len, d_model)."""
+        end = start + tokens.size(1)
+        if end <= self.positions.size(0):
+            positions = self.positions[start:end]
+        else:  # longer than max_positions: compute on the fly (the buffer keeps its size, so all DDP ranks agree)
+            positions = sinusoidal_positions(end - start, self.d_model, start).to(self.positions.device)
+        return self.dropout(embed(tokens) * self.embed_scale + positions)
+
+    def encode(self, src: Tensor) -> EncoderOutput:
+        """Encode a padded source batch (batch, src_len) into memory (batch, src_len, d_model)."""
+        src_mask = src != self.specials.pad  # (batch, src_len)
+        x = self._embed(src, self.src_embed)
+        for layer in self.encoder_layers:
+            x = layer(x, src_mask)
+        return EncoderOutput(memory=self.encoder_norm(x), src_mask=src_mask)
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced logits (batch, tgt_len, tgt_vocab)."""
+        enc = self.encode(src)
+        x = self._embed(tgt_in, self.tgt_embed)  # (batch, tgt_len, d_model)
+        for layer in self.decoder_layers:
+            x, _ = layer(x, layer.cross_attn.project_kv(enc.memory), enc.src_mask)
+        return self.output(self.decoder_norm(x))
+
+    def init_state(self, enc: EncoderOutput) -> DecoderState:
+        """Cross-attention keys/values of every layer (computed once) and empty self-attention caches."""
+        layers = []
+        for layer in self.decoder_layers:
+            cross_k, cross_v = layer.cross_attn.project_kv(enc.memory)  # (batch, heads, src_len, head_dim)
+            empty = cross_k.new_zeros(cross_k.size(0), cross_k.size(1), 0, cross_k.size(3))
+            layers.append({"self_k": empty, "self_v": empty, "cross_k": cross_k, "cross_v": cross_v})
+        return {"pos": 0, "src_mask": enc.src_mask, "layers": layers}
+
+    def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
+        """Feed tokens (batch,) at position state["pos"]; returns logits (batch, tgt_vocab) and the new state."""
+        x = self._embed(tokens[:, None], self.tgt_embed, state["pos"])  # (batch, 1, d_model)
+        new_layers = []
+        for layer, cache in zip(self.decoder_layers, state["layers"], strict=True):
+            x, (k, v) = layer(
+                x, (cache["cross_k"], cache["cross_v"]), state["src_mask"], (cache["self_k"], cache["self_v"])
+            )
+            new_layers.append({**cache, "self_k": k, "self_v": v})
+        logits = self.output(self.decoder_norm(x[:, 0]))
+        return logits, {**state, "pos": state["pos"] + 1, "layers": new_layers}
+
+    @torch.no_grad()
+    def attention_weights(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Cross-attention weights (batch, tgt_len, src_len) of the last decoder layer, averaged over heads."""
+        enc = self.encode(src)
+        x = self._embed(tgt_in, self.tgt_embed)
+        *lower, last = self.decoder_layers
+        for layer in lower:
+            x, _ = layer(x, layer.cross_attn.project_kv(enc.memory), enc.src_mask)
+        return last.cross_attention_weights(x, enc.memory, enc.src_mask)

@@ -1,0 +1,153 @@
+"""SentencePiece tokenizers: training (joint or per side), loading, encoding and decoding.
+
+The special-symbol ids are fixed here and nowhere else: <unk>=0, <s>=1, </s>=2, <pad>=3.
+A model trained elsewhere without a <pad> piece (e.g. SentencePiece's defaults) gets pad = piece count,
+one id past its pieces, so any unigram/BPE model with <unk>=0 <s>=1 </s>=2 can be used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+
+from seqtool.errors import DataError, SeqtoolError
+from seqtool.models.base import SpecialIds
+
+UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """How to train a SentencePiece model."""
+
+    vocab_size: int = 8000
+    model_type: str = "unigram"  # unigram | bpe
+    character_coverage: float = 1.0
+    input_sentence_size: int = 2_000_000
+    seed: int = 42
+
+
+def train_sentencepiece(inputs: Sequence[str | Path], output_prefix: str | Path, spec: TokenizerSpec) -> Path:
+    """Train a SentencePiece model on the given text files; writes PREFIX.model and PREFIX.vocab atomically.
+
+    Returns the path of the .model file.
+    """
+    for name in inputs:
+        path = Path(name)
+        if not path.is_file():
+            raise DataError(f"file not found: {path}" if not path.exists() else f"not a file: {path}")
+    output_prefix = Path(output_prefix)
+    output_prefix.parent.mkdir(parents=True, exist_ok=True)
+    spm.set_random_generator_seed(spec.seed)
+    with tempfile.TemporaryDirectory(dir=output_prefix.parent, prefix=".spm-") as tmp:
+        tmp_prefix = Path(tmp) / "spm"
+        try:
+            with open(os.devnull, "w") as quiet:
+                spm.SentencePieceTrainer.train(
+                    input=[str(p) for p in inputs],
+                    model_prefix=str(tmp_prefix),
+                    vocab_size=spec.vocab_size,
+                    model_type=spec.model_type,
+                    character_coverage=spec.character_coverage,
+                    input_sentence_size=spec.input_sentence_size,
+                    shuffle_input_sentence=True,
+                    unk_id=UNK_ID,
+                    bos_id=BOS_ID,
+                    eos_id=EOS_ID,
+                    pad_id=PAD_ID,
+                    num_threads=os.cpu_count() or 1,
+                    logstream=quiet,
+                )
+        except RuntimeError as exc:
+            raise _plain_spm_error(str(exc), spec) from None
+        model = output_prefix.with_name(output_prefix.name + ".model")
+        vocab = output_prefix.with_name(output_prefix.name + ".vocab")
+        shutil.move(str(tmp_prefix) + ".vocab", vocab)
+        os.replace(str(tmp_prefix) + ".model", model)  # the .model last: its presence means the pair is complete
+    return model
+
+
+def _plain_spm_error(message: str, spec: TokenizerSpec) -> SeqtoolError:
+    too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
+    if too_high:
+        return DataError(
+            f"vocabulary size {too_high.group(1)} is too large for this data: at most {too_high.group(2)} pieces",
+            f"use --vocab-size {too_high.group(2)} or less (tokenizer.vocab_size in a config), or more text",
+        )
+    if "Vocabulary size is smaller than required_chars" in message:
+        return DataError(
+            f"vocabulary size {spec.vocab_size} is smaller than the number of distinct characters to cover",
+            "raise the vocabulary size or lower the character coverage",
+        )
+    detail = re.sub(r"^\w+: \S+\(\d+\) (\[.*?\] )?", "", message.strip().splitlines()[0])
+    return DataError(f"SentencePiece training failed: {detail}")
+
+
+class SentencePieceModel:
+    """One loaded SentencePiece model with seqtool's special ids."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"tokenizer model not found: {path}" if not path.exists() else f"not a file: {path}")
+        processor = spm.SentencePieceProcessor()
+        try:
+            processor.load(str(path))
+        except (RuntimeError, OSError):
+            raise DataError(f"not a SentencePiece model: {path}") from None
+        if (processor.unk_id(), processor.bos_id(), processor.eos_id()) != (UNK_ID, BOS_ID, EOS_ID):
+            raise DataError(
+                f"{path}: expected <unk>=0 <s>=1 </s>=2, found {processor.unk_id()}, "
+                f"{processor.bos_id()}, {processor.eos_id()}",
+                "train the tokenizer with `seqtool tokenizer train`",
+            )
+        self.path = path
+        self.processor = processor
+        pieces = processor.get_piece_size()
+        self.pad_id = processor.pad_id() if processor.pad_id() >= 0 else pieces
+        self.vocab_size = max(pieces, self.pad_id + 1)  # embedding rows, pad included
+
+    def encode(self, lines: Iterable[str]) -> list[list[int]]:
+        """Text lines -> piece ids (no <s>/</s>)."""
+        return self.processor.encode(list(lines), out_type=int)
+
+    def encode_pieces(self, lines: Iterable[str]) -> list[list[str]]:
+        """Text lines -> pieces, for inspection."""
+        return self.processor.encode(list(lines), out_type=str)
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Piece ids -> text (specials and the padding id are dropped)."""
+        limit = self.processor.get_piece_size()
+        drop = {BOS_ID, EOS_ID, self.pad_id}
+        keep = [[i for i in seq if i < limit and i not in drop] for seq in ids]
+        return self.processor.decode(keep)
+
+    def decode_pieces(self, pieces: Sequence[Sequence[str]]) -> list[str]:
+        """Pieces -> text."""
+        return self.processor.decode_pieces([list(p) for p in pieces])
+
+
+class Tokenizer:
+    """The source and target tokenizers of a model (one shared object when joint)."""
+
+    def __init__(self, src: SentencePieceModel, tgt: SentencePieceModel) -> None:
+        self.src = src
+        self.tgt = tgt
+        self.joint = src.path == tgt.path
+        if src.pad_id != tgt.pad_id:
+            raise DataError(f"{src.path} and {tgt.path} use different padding ids ({src.pad_id} vs {tgt.pad_id})")
+        self.specials = SpecialIds(pad=src.pad_id, bos=BOS_ID, eos=EOS_ID, unk=UNK_ID)
+
+    @classmethod
+    def load(cls, src_path: str | Path, tgt_path: str | Path | None = None) -> Tokenizer:
+        """Load a joint model (one path) or a source and a target model."""
+        src = SentencePieceModel(src_path)
+        tgt = src if tgt_path is None or Path(tgt_path) == Path(src_path) else SentencePieceModel(tgt_path)
+        return cls(src, tgt)

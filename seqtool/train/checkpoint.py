@@ -1,0 +1,96 @@
+"""Checkpoints: atomic save (temp file + fsync + rename), safe load (weights_only), averaging."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seqtool.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Atomically write UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Serialise `state` (tensors, numbers, strings, lists, dicts) and write it atomically."""
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as exc:
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {exc.strerror or exc}",
+            "the previous checkpoint is intact; free disk space and resume with --resume",
+        ) from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with `weights_only=True` (a file cannot run code); errors become CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}" if not path.exists() else f"not a file: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds objects other than tensors and plain data",
+            f"seqtool loads checkpoints with weights_only=True ({str(exc).splitlines()[0][:120]})",
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupted?): {str(exc)[:200]}"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a seqtool checkpoint")
+    return state
+
+
+def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of model state dicts with the same keys and shapes (floating tensors averaged)."""
+    if not states:
+        raise CheckpointError("no checkpoints to average")
+    out: dict[str, torch.Tensor] = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            out[key] = sum(s[key].double() for s in states).div(len(states)).to(first.dtype)
+        else:
+            out[key] = first.clone()
+    return out

@@ -1,0 +1,254 @@
+"""The real commands end to end on tiny data: tokenizer train -> train -> translate -> eval, and their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY_MODEL = {
+    "transformer": {
+        "kind": "transformer",
+        "d_model": 32,
+        "heads": 2,
+        "ffn_dim": 64,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+    },
+    "gru": {"kind": "rnn", "cell": "gru", "embed_dim": 32, "hidden_size": 32, "attention": "bahdanau"},
+    "lstm": {"kind": "rnn", "cell": "lstm", "embed_dim": 32, "hidden_size": 32, "attention": "none"},
+}
+
+
+def seqtool(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "seqtool", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def write_config(path: Path, corpus: dict[str, Path], model: str, tokenizer: str = "", **train: object) -> Path:
+    config = {
+        "data": {
+            "train_src": str(corpus["train.en"]),
+            "train_tgt": str(corpus["train.de"]),
+            "dev_src": str(corpus["dev.en"]),
+            "dev_tgt": str(corpus["dev.de"]),
+        },
+        "tokenizer": {"vocab_size": 400, "model": tokenizer},
+        "model": TINY_MODEL[model],
+        "train": {"max_steps": 30, "eval_every": 15, "log_every": 5, "batch_tokens": 800, "threads": 1, **train},
+        "decode": {"max_len_a": 1.0, "max_len_b": 5},
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit code 2, one 'error:' line (and maybe a 'hint:' line) ending stderr, no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    assert all(line.startswith("hint: ") for line in lines[errors[0] + 1 :]), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tokenizer train -> train (30 steps of a tiny Transformer) through the real commands."""
+    root = tmp_path_factory.mktemp("run")
+    result = seqtool(
+        "tokenizer", "train", "-i", str(tiny_corpus["train.en"]), "-i", str(tiny_corpus["train.de"]),
+        "--vocab-size", "400", "-o", str(root / "spm"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (root / "spm.model").is_file() and (root / "spm.vocab").is_file()
+    config = write_config(root / "tiny.yaml", tiny_corpus, "transformer", tokenizer=str(root / "spm.model"))
+    result = seqtool("train", str(config), "--run-dir", str(root / "run"))
+    assert result.returncode == 0, result.stderr
+    return root / "run"
+
+
+def test_train_writes_the_run_directory(trained_run: Path) -> None:
+    for name in (
+        "config.yaml",
+        "spm.model",
+        "metrics.jsonl",
+        "train.log",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    ):
+        assert (trained_run / name).is_file(), name
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["type"] == "train"]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
+    assert [r["step"] for r in evals] == [15, 30]
+    assert train[-1]["loss"] < train[0]["loss"]
+    assert all(r["tgt_tok_s"] > 0 and r["lr"] > 0 for r in train)
+    assert all(0.0 <= r["dev_bleu"] <= 100.0 for r in evals)
+    stored = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert stored["train"]["max_steps"] == 30 and stored["model"]["d_model"] == 32
+
+
+def test_translate_keeps_one_line_per_input_line(trained_run: Path) -> None:
+    text = "Open file\n\n   \nSave the document as a new file\nClose\n"
+    for beam in ("1", "3"):
+        result = seqtool("translate", str(trained_run), "--beam", beam, stdin=text)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.split("\n")
+        assert out[-1] == "" and len(out) - 1 == 5
+        assert out[1] == "" and out[2] == ""
+
+
+def test_translate_files_and_eval(trained_run: Path, tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
+    hyp = tmp_path / "hyp.de"
+    result = seqtool("translate", str(trained_run), "-i", str(tiny_corpus["test.en"]), "-o", str(hyp), "--beam", "2")
+    assert result.returncode == 0, result.stderr
+    assert len(hyp.read_text(encoding="utf-8").splitlines()) == 30
+    again = seqtool("translate", str(trained_run), "-i", str(tiny_corpus["test.en"]), "-o", str(hyp))
+    assert_user_error(again, "exists", "--overwrite")
+
+    result = seqtool("eval", "--hyp", str(hyp), "--ref", str(tiny_corpus["test.de"]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("BLEU = ")
+    assert "chrF2 = " in result.stdout and "TER = " in result.stdout
+    assert "signature: nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in result.stdout
+
+    result = seqtool("eval", "--hyp", str(tiny_corpus["test.de"]), "--ref", str(tiny_corpus["test.de"]), "--json")
+    scores = json.loads(result.stdout)
+    assert scores["BLEU"]["score"] == 100.0 and scores["TER"]["score"] == 0.0
+    assert scores["chrF2"]["signature"].startswith("nrefs:1")
+
+
+def test_tokenizer_encode_decode_roundtrip(trained_run: Path) -> None:
+    model = str(trained_run / "spm.model")
+    text = "Open the file\nSave as\n"
+    pieces = seqtool("tokenizer", "encode", "-m", model, stdin=text)
+    assert pieces.returncode == 0 and "▁" in pieces.stdout
+    back = seqtool("tokenizer", "decode", "-m", model, stdin=pieces.stdout)
+    assert back.stdout == text
+    ids = seqtool("tokenizer", "encode", "-m", model, "--ids", stdin=text)
+    assert seqtool("tokenizer", "decode", "-m", model, "--ids", stdin=ids.stdout).stdout == text
+
+
+def test_resume_continues_and_refuses_to_clobber(
+    trained_run: Path, tiny_corpus: dict[str, Path], tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "again.yaml", tiny_corpus, "transformer")
+    assert_user_error(seqtool("train", str(config), "--run-dir", str(trained_run)), "already holds a run", "--resume")
+    result = seqtool("train", "--resume", str(trained_run), "--set", "train.max_steps=35")
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stderr and "train.max_steps: 30 -> 35" in result.stderr
+    records = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["type"] == "eval" and records[-1]["step"] == 35
+
+
+@pytest.mark.parametrize("model", ["gru", "lstm"])
+def test_recurrent_models_train_and_translate(model: str, tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
+    config = write_config(tmp_path / f"{model}.yaml", tiny_corpus, model, max_steps=10, eval_every=10)
+    result = seqtool("train", str(config), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "joint" not in result.stderr
+    out = seqtool("translate", str(tmp_path / "run"), "--beam", "2", stdin="Open file\n\nClose\n")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.split("\n")) == 4
+
+
+# -- bad input: one line on stderr, exit code 2, no traceback ----------------------------------------------------------
+
+
+def test_missing_files(tmp_path: Path) -> None:
+    assert_user_error(seqtool("eval", "--hyp", str(tmp_path / "nope"), "--ref", str(tmp_path / "nope2")), "not found")
+    assert_user_error(seqtool("train", str(tmp_path / "missing.yaml")), "not found")
+    assert_user_error(seqtool("tokenizer", "encode", "-m", str(tmp_path / "x.model"), stdin="a\n"), "not found")
+
+
+def test_line_count_mismatch(tmp_path: Path) -> None:
+    (tmp_path / "h").write_text("a\nb\nc\n")
+    (tmp_path / "r").write_text("a\nb\n")
+    assert_user_error(seqtool("eval", "--hyp", str(tmp_path / "h"), "--ref", str(tmp_path / "r")), "3 lines", "has 2")
+
+
+def test_training_corpus_line_count_mismatch(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
+    short = tmp_path / "short.de"
+    short.write_text(
+        "".join(tiny_corpus["train.de"].read_text(encoding="utf-8").splitlines(True)[:-3]), encoding="utf-8"
+    )
+    config = write_config(tmp_path / "c.yaml", tiny_corpus, "transformer")
+    raw = yaml.safe_load(config.read_text())
+    raw["data"]["train_tgt"] = str(short)
+    config.write_text(yaml.safe_dump(raw))
+    assert_user_error(
+        seqtool("train", str(config), "--run-dir", str(tmp_path / "run")), "600 lines", "597", "short.de", "train.en"
+    )
+    assert not (tmp_path / "run").exists()  # nothing written for a run that could not start
+
+
+def test_vocab_too_large_is_plain_and_leaves_no_run(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", tiny_corpus, "transformer")
+    result = seqtool("train", str(config), "--run-dir", str(tmp_path / "run"), "--set", "tokenizer.vocab_size=50000")
+    assert_user_error(result, "too large for this data", "at most")
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_unknown_and_mistyped_config_keys(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("model:\n  kind: transformer\n  d_modle: 64\n")
+    assert_user_error(seqtool("train", str(config)), "model.d_modle", "bad.yaml:3", "did you mean 'd_model'")
+    config.write_text("train:\n  max_steps: lots\n")
+    assert_user_error(seqtool("train", str(config)), "train.max_steps", "expected an integer")
+    config.write_text("train: {}\n")
+    assert_user_error(seqtool("train", str(config), "--set", "train.max_stepz=3"), "train.max_stepz", "--set")
+
+
+def test_run_dir_without_checkpoint(tmp_path: Path) -> None:
+    assert_user_error(seqtool("translate", str(tmp_path / "nothing"), stdin="a\n"), "run directory not found")
+    (tmp_path / "run").mkdir()
+    assert_user_error(seqtool("translate", str(tmp_path / "run"), stdin="a\n"), "not a seqtool run directory")
+    (tmp_path / "run" / "config.yaml").write_text("model: {kind: transformer}\n")
+    (tmp_path / "run" / "spm.model").write_bytes(b"")
+    assert_user_error(seqtool("translate", str(tmp_path / "run"), stdin="a\n"), "has no checkpoint", "train first")
+
+
+def test_help_and_version() -> None:
+    result = seqtool("--help")
+    assert result.returncode == 0
+    for command in ("train", "translate", "eval", "tokenizer"):
+        assert command in result.stdout
+    assert seqtool("--version").stdout.startswith("seqtool ")
+    for command in (["train"], ["translate"], ["eval"], ["tokenizer", "train"]):
+        assert "Example:" in seqtool(*command, "--help").stdout
+
+
+def test_beam_search_on_the_trained_model(trained_run: Path, tiny_corpus: dict[str, Path]) -> None:
+    """On a real trained Transformer: beam 1 == greedy, and beam 4 finds higher model scores than greedy."""
+    import torch
+
+    from seqtool.data.batching import pad_sequences
+    from seqtool.decode.search import SearchConfig, greedy_search, search
+    from seqtool.rundir import load_for_inference
+
+    model, tokenizer, _, _ = load_for_inference(trained_run, "last")
+    lines = tiny_corpus["test.en"].read_text(encoding="utf-8").splitlines()
+    src = pad_sequences(tokenizer.src.encode(lines), tokenizer.specials.pad, suffix=tokenizer.specials.eos)
+    with torch.inference_mode():
+        greedy = greedy_search(model, src, 1.0, 5)
+        beam1 = search(model, src, SearchConfig(beam=1, nbest=1, length_penalty=0.0, max_len_a=1.0, max_len_b=5))
+        beam4 = search(model, src, SearchConfig(beam=4, nbest=1, length_penalty=0.0, max_len_a=1.0, max_len_b=5))
+    assert [h[0].tokens for h in beam1] == [h[0].tokens for h in greedy]
+    better_or_equal = sum(b[0].log_prob >= g[0].log_prob - 1e-4 for b, g in zip(beam4, greedy, strict=True))
+    assert better_or_equal >= 0.9 * len(lines)
+    assert sum(b[0].log_prob for b in beam4) > sum(g[0].log_prob for g in greedy)
