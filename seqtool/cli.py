@@ -229,6 +229,37 @@ def train(
     typer.echo(f"done: {result.steps} steps{best}; run directory {result.run_dir}", err=True)
 
 
+@app.command()
+def average(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory with step_N.pt checkpoints (train.save_every).")],
+    last: Annotated[int, typer.Option(help="Average the newest N step checkpoints.", min=2)] = 5,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output file (default: RUN_DIR/checkpoints/averaged.pt).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+) -> None:
+    """Average the parameters of the last N step checkpoints (translate it with --checkpoint averaged).
+
+    Example: seqtool average runs/wes --last 5 && seqtool translate runs/wes --checkpoint averaged < test.en
+    """
+    from seqtool.rundir import RunDir, read_run_config
+    from seqtool.train.checkpoint import average_checkpoint_files, save_checkpoint
+
+    run = RunDir(run_dir)
+    read_run_config(run)  # a clear error when this is not a run directory
+    paths = run.step_checkpoints()[-last:]
+    if len(paths) < 2:
+        raise SeqtoolError(
+            f"{run.checkpoints} holds {len(paths)} step checkpoint(s); averaging needs at least 2",
+            "train with train.save_every set (e.g. --set train.save_every=500)",
+        )
+    target = output or run.checkpoint("averaged")
+    if target.exists() and not overwrite:
+        raise DataError(f"output file {target} exists", "pass --overwrite to replace it, or choose another -o")
+    save_checkpoint(target, average_checkpoint_files(paths))
+    typer.echo(f"averaged {', '.join(p.name for p in paths)} into {target}", err=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # translate
 
@@ -247,7 +278,7 @@ def translate(
     batch_tokens: Annotated[
         int | None, typer.Option(help="Token budget per batch (source tokens × beam).", min=1)
     ] = None,
-    checkpoint: Annotated[str, typer.Option(help="best, last, step_N or a checkpoint file.")] = "best",
+    checkpoint: Annotated[str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")] = "best",
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision.fp32,
     threads: Annotated[int, typer.Option(help="CPU threads (0 = torch's default).", min=0)] = 0,

@@ -113,10 +113,16 @@ class TrainConfig:
     weight_decay: float = _opt(0.0, "decoupled weight decay (AdamW)", min=0.0)
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy", min=0.0, below=1.0)
     clip_norm: float = _opt(1.0, "clip the gradient norm to this; 0 = no clipping", min=0.0)
+    accum_steps: int = _opt(1, "batches whose gradients are summed into one update (effective batch × N)", min=1)
     log_every: int = _opt(50, "steps between progress/metrics lines", min=1)
     eval_every: int = _opt(500, "steps between validations (dev loss and BLEU)", min=1)
     eval_max_sentences: int = _opt(0, "translate at most this many dev sentences for dev BLEU; 0 = all", min=0)
-    save_every: int = _opt(0, "steps between step_N.pt checkpoints besides best/last; 0 = only at validation", min=0)
+    save_every: int = _opt(0, "steps between step_N.pt checkpoints besides best/last; 0 = none", min=0)
+    keep_last: int = _opt(0, "keep only the newest N step_N.pt checkpoints; 0 = keep all", min=0)
+    average_last: int = _opt(
+        0, "at the end, average the last N step_N.pt checkpoints into averaged.pt (best.pt if its dev BLEU is)", min=0
+    )
+    patience: int = _opt(0, "stop when dev BLEU has not improved for this many validations; 0 = never", min=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = _opt("auto", "where to train (auto: cuda if available)")
     precision: Literal["fp32", "bf16"] = _opt("fp32", "bf16 autocast (CPU with AVX-512 bf16/AMX, or GPU)")
     threads: int = _opt(0, "CPU threads for torch; 0 = torch's default", min=0)
@@ -303,6 +309,16 @@ def _validate(cfg: Config, places: _Places) -> None:
         )
     if len(cfg.train.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.train.adam_betas):
         raise ConfigError(f"train.adam_betas{places.where('train.adam_betas')}: expected two numbers in [0, 1)")
+    if cfg.train.average_last and not cfg.train.save_every:
+        raise ConfigError(
+            f"train.average_last{places.where('train.average_last')}: needs step checkpoints",
+            "set train.save_every (e.g. to train.eval_every)",
+        )
+    if cfg.train.keep_last and cfg.train.average_last > cfg.train.keep_last:
+        raise ConfigError(
+            f"train.average_last{places.where('train.average_last')}: cannot exceed train.keep_last "
+            f"({cfg.train.average_last} > {cfg.train.keep_last})"
+        )
     if bool(cfg.data.dev_src) != bool(cfg.data.dev_tgt):
         raise ConfigError("data.dev_src and data.dev_tgt must be given together")
 

@@ -46,9 +46,14 @@ class RunDir:
 
     def checkpoint(self, name: str) -> Path:
         """`best`, `last`, `step_N` or a file path -> the checkpoint file."""
-        if name in ("best", "last") or name.startswith("step_"):
+        if name in ("best", "last", "averaged") or name.startswith("step_"):
             return self.checkpoints / f"{name}.pt"
         return Path(name)
+
+    def step_checkpoints(self) -> list[Path]:
+        """step_N.pt files, oldest first."""
+        found = [(int(p.stem[5:]), p) for p in self.checkpoints.glob("step_*.pt") if p.stem[5:].isdigit()]
+        return [p for _, p in sorted(found)]
 
     def holds_run(self) -> bool:
         """Whether a run was already started here (set-up completed, or checkpoints written)."""

@@ -21,6 +21,7 @@ class Batch:
     tgt_in: Tensor  # (batch, tgt_len) <s> + target ids
     tgt_out: Tensor  # (batch, tgt_len) target ids + </s>
     tgt_tokens: int  # real (non-pad) target tokens, </s> included
+    update_tokens: int = 0  # target tokens of the whole update this batch belongs to (gradient accumulation)
 
     def to(self, device: torch.device) -> Batch:
         """The batch on `device`."""
@@ -30,6 +31,7 @@ class Batch:
             self.tgt_in.to(device, non_blocking=nb),
             self.tgt_out.to(device, non_blocking=nb),
             self.tgt_tokens,
+            self.update_tokens,
         )
 
 
@@ -52,11 +54,13 @@ def pad_sequences(
 
 def make_batch(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], specials: SpecialIds) -> Batch:
     """Pad a list of pairs into a `Batch` (source gets </s>; target gets <s> in and </s> out)."""
+    tokens = sum(len(t) + 1 for t in tgt)
     return Batch(
         src=pad_sequences(src, specials.pad, suffix=specials.eos),
         tgt_in=pad_sequences(tgt, specials.pad, prefix=specials.bos),
         tgt_out=pad_sequences(tgt, specials.pad, suffix=specials.eos),
-        tgt_tokens=sum(len(t) + 1 for t in tgt),
+        tgt_tokens=tokens,
+        update_tokens=tokens,
     )
 
 

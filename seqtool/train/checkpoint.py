@@ -94,3 +94,14 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
         else:
             out[key] = first.clone()
     return out
+
+
+def average_checkpoint_files(paths: list[Path]) -> dict[str, Any]:
+    """A checkpoint whose model is the mean of the given checkpoints' models (metadata from the newest)."""
+    states = [load_checkpoint(p) for p in paths]
+    averaged = dict(states[-1])
+    for key in ("optimizer", "scheduler", "sampler", "rng", "best_bleu", "dev_bleu", "dev_loss"):
+        averaged.pop(key, None)
+    averaged["model"] = average_state_dicts([s["model"] for s in states])
+    averaged["averaged"] = [p.name for p in paths]
+    return averaged

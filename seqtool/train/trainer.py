@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +23,7 @@ import torch
 
 from seqtool import __version__
 from seqtool.config import Config, config_diff, config_to_dict, dump_config
-from seqtool.data.batching import BatchSampler, make_batch
+from seqtool.data.batching import Batch, BatchSampler, make_batch
 from seqtool.data.corpus import filter_pairs, read_parallel
 from seqtool.decode.search import SearchConfig
 from seqtool.decode.translate import translate_ids
@@ -33,7 +34,7 @@ from seqtool.models.base import Seq2SeqModel
 from seqtool.rundir import RunDir, load_model_weights, read_run_config
 from seqtool.runtime import autocast, bf16_supported, resolve_device, seed_everything, set_threads
 from seqtool.tokenizer import Tokenizer, TokenizerSpec, train_sentencepiece
-from seqtool.train.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from seqtool.train.checkpoint import atomic_write_text, average_checkpoint_files, load_checkpoint, save_checkpoint
 from seqtool.train.loss import label_smoothed_nll
 from seqtool.train.optim import build_optimizer, build_scheduler
 
@@ -73,7 +74,7 @@ class TrainResult:
 
     run_dir: Path
     steps: int
-    stop_reason: str  # max_steps | max_minutes | interrupted
+    stop_reason: str  # max_steps | max_minutes | patience | interrupted
     best_bleu: float | None
     last_eval: dict[str, float] | None
 
@@ -281,6 +282,9 @@ class Trainer:
         )
         self.step = 0
         self.best_bleu: float | None = None
+        self.stale_evals = 0
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.nll_sum = torch.zeros((), device=self.device)
         self.last_eval: dict[str, float] | None = None
         if resume:
             self._restore(self.run.checkpoint("last"))
@@ -323,6 +327,7 @@ class Trainer:
                 scheduler=self.scheduler.state_dict(),
                 sampler=self.sampler.state_dict(),
                 best_bleu=self.best_bleu,
+                stale_evals=self.stale_evals,
                 rng=_rng_state(),
             )
         return state
@@ -338,8 +343,62 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         self.best_bleu = state.get("best_bleu")
+        self.stale_evals = int(state.get("stale_evals", 0))
         _set_rng_state(state["rng"])
+        self._truncate_metrics()
         self.log(f"resumed from {path} at step {self.step}")
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics logged after the checkpoint (a run killed after its last save logged steps that will rerun)."""
+        if not self.run.metrics.exists():
+            return
+        lines = self.run.metrics.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line).get("step", 0) <= self.step:
+                    kept.append(line)
+            except json.JSONDecodeError:  # a line cut short by the kill
+                continue
+        if len(kept) != len(lines):
+            atomic_write_text(self.run.metrics, "".join(kept))
+
+    def _save_step(self) -> None:
+        save_checkpoint(self.run.checkpoint(f"step_{self.step}"), self._checkpoint_state(full=False))
+        keep = self.cfg.train.keep_last
+        if keep:
+            for old in self.run.step_checkpoints()[:-keep]:
+                old.unlink(missing_ok=True)
+
+    def _average_last(self, n: int) -> None:
+        """Average the newest n step checkpoints into averaged.pt; it becomes best.pt if its dev BLEU is higher."""
+        paths = self.run.step_checkpoints()[-n:]
+        if len(paths) < 2:
+            self.log(f"average_last: only {len(paths)} step checkpoint(s), nothing to average")
+            return
+        state = average_checkpoint_files(paths)
+        trained = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(state["model"])
+        message = f"averaged {len(paths)} checkpoints ({paths[0].stem} .. {paths[-1].stem})"
+        if self.data.dev_src:
+            result = self.evaluate()
+            state.update(dev_bleu=result["dev_bleu"], dev_loss=result["dev_loss"])
+            self._metrics({"type": "eval", "step": self.step, "averaged": len(paths), **result})
+            message += f": dev BLEU {result['dev_bleu']:.2f}"
+            if self.best_bleu is None or result["dev_bleu"] > self.best_bleu:
+                self.best_bleu = result["dev_bleu"]
+                save_checkpoint(self.run.checkpoint("best"), state)
+                message += " (best: saved as best.pt)"
+        save_checkpoint(self.run.checkpoint("averaged"), state)
+        self.model.load_state_dict(trained)
+        self.log(message)
+
+    def _out_of_patience(self) -> bool:
+        patience = self.cfg.train.patience
+        if patience and self.stale_evals >= patience:
+            self.log(f"dev BLEU has not improved for {patience} validations: stopping early")
+            return True
+        return False
 
     # -- validation ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -380,6 +439,7 @@ class Trainer:
             self.last_eval = self.evaluate()
             bleu = self.last_eval["dev_bleu"]
             improved = self.best_bleu is None or bleu > self.best_bleu
+            self.stale_evals = 0 if improved else self.stale_evals + 1
             if improved:
                 self.best_bleu = bleu
                 save_checkpoint(self.run.checkpoint("best"), self._checkpoint_state(full=False))
@@ -394,15 +454,12 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train until max_steps, max_minutes or a stop signal; returns how it ended."""
         tcfg = self.cfg.train
-        pad = self.specials.pad
         self.model.train()
         batches = iter(self.sampler)
         flag = {"stop": False}
         started = time.monotonic()
         deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
         window_start, window_tokens = time.monotonic(), 0
-        loss_sum = torch.zeros((), device=self.device)
-        nll_sum = torch.zeros((), device=self.device)
         last_saved = self.step
         stop_reason = "max_steps"
         self.reporter.start(tcfg.max_steps, self.step)
@@ -415,37 +472,20 @@ class Trainer:
                     if time.monotonic() >= deadline:
                         stop_reason = "max_minutes"
                         break
-                    indices = next(batches)
-                    batch = make_batch(
-                        [self.data.train_src[i] for i in indices],
-                        [self.data.train_tgt[i] for i in indices],
-                        self.specials,
-                    ).to(self.device)
-                    with autocast(self.device, self.precision):
-                        logits = self.model(batch.src, batch.tgt_in)
-                    loss, nll = label_smoothed_nll(logits, batch.tgt_out, pad, tcfg.label_smoothing)
-                    (loss / batch.tgt_tokens).backward()
-                    if tcfg.clip_norm > 0:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.clip_norm)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.step += 1
-                    loss_sum += loss.detach()
-                    nll_sum += nll.detach()
-                    window_tokens += batch.tgt_tokens
+                    window_tokens += self._update(self._next_batches(batches, tcfg.accum_steps))
                     self.reporter.advance(self.step)
                     if self.step % tcfg.log_every == 0:
-                        self._log_train(loss_sum, nll_sum, window_tokens, time.monotonic() - window_start, started)
-                        loss_sum.zero_()
-                        nll_sum.zero_()
+                        self._log_train(window_tokens, time.monotonic() - window_start, started)
                         window_start, window_tokens = time.monotonic(), 0
+                    if tcfg.save_every and self.step % tcfg.save_every == 0:
+                        self._save_step()
                     if self.step % tcfg.eval_every == 0:
                         self._validate_and_save()
                         last_saved = self.step
                         window_start = time.monotonic()  # validation time is not training throughput
-                    if tcfg.save_every and self.step % tcfg.save_every == 0:
-                        save_checkpoint(self.run.checkpoint(f"step_{self.step}"), self._checkpoint_state(full=False))
+                        if self._out_of_patience():
+                            stop_reason = "patience"
+                            break
                 if stop_reason == "interrupted":
                     if last_saved != self.step:
                         self._save_last()
@@ -453,19 +493,52 @@ class Trainer:
                         f"interrupted at step {self.step}; saved {self.run.checkpoint('last')}. "
                         f"Resume with: seqtool train --resume {self.run.root}"
                     )
-                elif last_saved != self.step:
-                    self._validate_and_save()
+                else:
+                    if last_saved != self.step:
+                        self._validate_and_save()
+                    if tcfg.average_last:
+                        self._average_last(tcfg.average_last)
         finally:
             self.reporter.close()
         if stop_reason != "interrupted":
             self.log(f"finished at step {self.step} ({stop_reason})")
         return TrainResult(self.run.root, self.step, stop_reason, self.best_bleu, self.last_eval)
 
-    def _log_train(
-        self, loss_sum: torch.Tensor, nll_sum: torch.Tensor, tokens: int, seconds: float, started: float
-    ) -> None:
-        loss = float(loss_sum) / max(tokens, 1)  # one host sync per log interval
-        nll = float(nll_sum) / max(tokens, 1)
+    def _update(self, group: list[Batch]) -> int:
+        """One optimizer update from the batches of `group` (gradient accumulation); returns its target tokens."""
+        tcfg = self.cfg.train
+        for batch in group:
+            with autocast(self.device, self.precision):
+                logits = self.model(batch.src, batch.tgt_in)
+            loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.specials.pad, tcfg.label_smoothing)
+            # normalised by the tokens of the whole update, so N accumulated batches = one big batch
+            (loss / batch.update_tokens).backward()
+            self.loss_sum += loss.detach()  # summed on the device: no host sync until the next log line
+            self.nll_sum += nll.detach()
+        if tcfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return sum(batch.tgt_tokens for batch in group)
+
+    def _next_batches(self, batches: Iterator[list[int]], count: int) -> list[Batch]:
+        """The `count` batches of one update, on the device, each knowing the update's total target tokens."""
+        src, tgt = self.data.train_src, self.data.train_tgt
+        group = [
+            make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials) for idx in islice(batches, count)
+        ]
+        total = sum(b.tgt_tokens for b in group)
+        for b in group:
+            b.update_tokens = total
+        return [b.to(self.device) for b in group]
+
+    def _log_train(self, tokens: int, seconds: float, started: float) -> None:
+        loss = float(self.loss_sum) / max(tokens, 1)  # one host sync per log interval
+        nll = float(self.nll_sum) / max(tokens, 1)
+        self.loss_sum.zero_()
+        self.nll_sum.zero_()
         if not math.isfinite(loss):
             last = self.run.checkpoint("last")
             raise TrainingError(

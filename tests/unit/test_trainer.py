@@ -1,0 +1,98 @@
+"""The trainer in-process on tiny data: gradient accumulation, exact resume, early stopping, checkpoint averaging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from seqtool.config import Config, RNNConfig, TransformerConfig
+from seqtool.data.batching import make_batch
+from seqtool.rundir import RunDir
+from seqtool.train.checkpoint import load_checkpoint
+from seqtool.train.trainer import Trainer
+
+
+def tiny_config(corpus: dict[str, Path], tokenizer: Path | None = None, **train: object) -> Config:
+    cfg = Config()
+    cfg.data.train_src, cfg.data.train_tgt = str(corpus["train.en"]), str(corpus["train.de"])
+    cfg.data.dev_src, cfg.data.dev_tgt = str(corpus["dev.en"]), str(corpus["dev.de"])
+    cfg.tokenizer.vocab_size = 300
+    cfg.tokenizer.model = str(tokenizer) if tokenizer else ""
+    cfg.model = TransformerConfig(d_model=32, heads=2, ffn_dim=64, encoder_layers=1, decoder_layers=1)
+    cfg.train.batch_tokens = 600
+    cfg.train.log_every = 2
+    cfg.train.threads = 1
+    cfg.decode.max_len_a, cfg.decode.max_len_b = 1.0, 3
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def spm_model(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tokenizer trained once through the trainer's own path, reused by every test here."""
+    run = tmp_path_factory.mktemp("spm") / "run"
+    Trainer(tiny_config(tiny_corpus, max_steps=1, eval_every=100), run)
+    return run / "spm.model"
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_two_accumulated_half_batches_equal_one_full_batch(
+    tiny_corpus: dict[str, Path], spm_model: Path, tmp_path: Path
+) -> None:
+    cfg = tiny_config(tiny_corpus, spm_model, max_steps=1, eval_every=100, clip_norm=0.0)
+    cfg.model.dropout = cfg.model.attention_dropout = 0.0
+    full = Trainer(cfg, tmp_path / "a")
+    half = Trainer(cfg, tmp_path / "b")
+    half.model.load_state_dict(full.model.state_dict())
+    src, tgt = full.data.train_src[:16], full.data.train_tgt[:16]
+    full._update([make_batch(src, tgt, full.specials)])
+    first, second = make_batch(src[:8], tgt[:8], full.specials), make_batch(src[8:], tgt[8:], full.specials)
+    first.update_tokens = second.update_tokens = first.tgt_tokens + second.tgt_tokens
+    half._update([first, second])
+    a, b = params(full.model), params(half.model)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    assert any((a[k] - params(Trainer(cfg, tmp_path / "c").model)[k]).abs().max() > 0 for k in a)  # it did update
+
+
+@pytest.mark.parametrize("model", ["transformer", "gru"])
+def test_resume_continues_exactly(model: str, tiny_corpus: dict[str, Path], spm_model: Path, tmp_path: Path) -> None:
+    """2N steps in one go == N steps, then --resume for N more: bit-identical parameters on CPU."""
+    cfg = tiny_config(tiny_corpus, spm_model, max_steps=12, eval_every=6, accum_steps=2)
+    if model == "gru":
+        cfg.model = RNNConfig(cell="gru", embed_dim=16, hidden_size=16, attention="luong")
+    straight = Trainer(cfg, tmp_path / "straight")
+    straight.fit()
+    cfg.train.max_steps = 6
+    Trainer(cfg, tmp_path / "split").fit()
+    cfg.train.max_steps = 12
+    resumed = Trainer(cfg, tmp_path / "split", resume=True)
+    assert resumed.step == 6
+    resumed.fit()
+    a, b = params(straight.model), params(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    last = load_checkpoint(RunDir(tmp_path / "split").checkpoint("last"))
+    assert last["step"] == 12 and last["sampler"] == straight.sampler.state_dict()
+
+
+def test_patience_stops_when_dev_bleu_stalls(tiny_corpus: dict[str, Path], spm_model: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_corpus, spm_model, max_steps=50, eval_every=1, patience=2, lr=0.0)
+    result = Trainer(cfg, tmp_path / "run").fit()  # lr 0: dev BLEU never improves after the first validation
+    assert result.stop_reason == "patience" and result.steps == 3
+
+
+def test_keep_last_and_average_last(tiny_corpus: dict[str, Path], spm_model: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_corpus, spm_model, max_steps=6, eval_every=3, save_every=2, keep_last=2, average_last=2)
+    Trainer(cfg, tmp_path / "run").fit()
+    run = RunDir(tmp_path / "run")
+    assert [p.name for p in run.step_checkpoints()] == ["step_4.pt", "step_6.pt"]
+    s4, s6 = (load_checkpoint(p)["model"] for p in run.step_checkpoints())
+    averaged = load_checkpoint(run.checkpoint("averaged"))
+    assert averaged["averaged"] == ["step_4.pt", "step_6.pt"]
+    key = next(k for k in s4 if s4[k].is_floating_point() and not torch.equal(s4[k], s6[k]))
+    assert torch.allclose(averaged["model"][key], (s4[key] + s6[key]) / 2)
