@@ -38,6 +38,11 @@ class Device(str, Enum):
     mps = "mps"
 
 
+class EncodingErrors(str, Enum):
+    strict = "strict"
+    replace = "replace"
+
+
 class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
@@ -64,35 +69,45 @@ def _main(
 
 
 def _read_input(path: Path | None) -> list[str]:
-    """Lines of a file or of stdin (invalid UTF-8 on stdin is replaced with a warning)."""
+    """Lines of a file (invalid UTF-8 is an error) or of stdin (invalid UTF-8 is replaced, with one warning)."""
     from seqtool.data.corpus import read_lines
+    from seqtool.decode.translate import split_lines
 
     if path is not None and str(path) != "-":
         return read_lines(path)
-    data = sys.stdin.buffer.read()
-    text = data.decode("utf-8", errors="replace")
-    if "\ufffd" in text and b"\xef\xbf\xbd" not in data:
-        typer.echo("warning: invalid UTF-8 on stdin was replaced by U+FFFD", err=True)
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+    lines, bad_line = split_lines(sys.stdin.buffer.read() if sys.stdin is not None else b"")
+    if bad_line is not None:
+        typer.echo(f"warning: invalid UTF-8 on stdin (first at line {bad_line}) was replaced by U+FFFD", err=True)
+    return lines
 
 
 def _write_output(lines: list[str], path: Path | None, overwrite: bool) -> None:
-    """Write lines to stdout, or atomically to a file (an existing file only with --overwrite)."""
-    text = "".join(line + "\n" for line in lines)
+    """Write lines as UTF-8 to stdout, or atomically to a file (an existing file only with --overwrite).
+
+    A reader that goes away early (`| head -1`) ends the command quietly with exit code 0.
+    """
+    data = "".join(line + "\n" for line in lines).encode("utf-8")
     if path is None or str(path) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        try:
+            sys.stdout.flush()
+            out, rest = sys.stdout.buffer, memoryview(data)
+            while rest:  # a pipe write can be partial, and TextIOWrapper.write would silently drop the remainder
+                rest = rest[out.write(rest) :]
+            out.flush()
+        except BrokenPipeError:
+            # Send what is still buffered to /dev/null, so that the interpreter's final flush of stdout
+            # cannot fail too (it would print "Exception ignored ... BrokenPipeError").
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(0) from None
         return
-    from seqtool.train.checkpoint import atomic_write_text
+    from seqtool.train.checkpoint import atomic_write_bytes
 
     if path.exists() and not overwrite:
         raise DataError(f"output file {path} exists", "pass --overwrite to replace it, or choose another -o")
-    atomic_write_text(path, text)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        raise DataError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -198,6 +213,10 @@ def train(
         Path | None, typer.Option("--init-from", help="Start a new run from this checkpoint's weights.")
     ] = None,
     device: Annotated[Device | None, typer.Option(help="Override train.device.")] = None,
+    encoding_errors: Annotated[
+        EncodingErrors | None,
+        typer.Option(help="Invalid UTF-8 in the corpus: strict (an error naming file:line) or replace (U+FFFD)."),
+    ] = None,
 ) -> None:
     """Train a model from a YAML config; writes config, tokenizer, checkpoints and metrics into the run directory.
 
@@ -211,6 +230,8 @@ def train(
     sets = list(overrides or [])
     if device is not None:
         sets.append(f"train.device={device.value}")
+    if encoding_errors is not None:
+        sets.append(f"data.encoding_errors={encoding_errors.value}")
     if resume and config.is_dir():
         run_dir = run_dir or config
         config = RunDir(config).config
@@ -278,6 +299,10 @@ def translate(
     batch_tokens: Annotated[
         int | None, typer.Option(help="Token budget per batch (source tokens × beam).", min=1)
     ] = None,
+    max_input_len: Annotated[
+        int | None,
+        typer.Option(help="Source pieces per line; longer lines are truncated (default: decode.max_input_len).", min=1),
+    ] = None,
     checkpoint: Annotated[str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")] = "best",
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision.fp32,
@@ -307,9 +332,19 @@ def translate(
         max_len_b=dc.max_len_b if max_len_b is None else max_len_b,
     )
     lines = _read_input(input)
+    limit = max_input_len or dc.max_input_len
     results = Translator(model, tokenizer, dev, precision.value).translate(
-        lines, search_cfg, batch_tokens or dc.batch_tokens
+        lines, search_cfg, batch_tokens or dc.batch_tokens, limit
     )
+    cut = [i + 1 for i, nbest in enumerate(results) if nbest[0].truncated]
+    if cut:
+        many = len(cut) > 1
+        shown = ", ".join(map(str, cut[:5])) + (", ..." if len(cut) > 5 else "")
+        typer.echo(
+            f"warning: {len(cut)} input line{'s' * many} longer than {limit} pieces {'were' if many else 'was'} "
+            f"truncated (line{'s' * many} {shown})",
+            err=True,
+        )
     _write_output([nbest[0].text for nbest in results], output, overwrite)
 
 
@@ -364,11 +399,6 @@ def main() -> None:
         if debug:
             raise
         _fail(exc.message, exc.hint, exc.exit_code)
-    except BrokenPipeError:
-        # the reader went away (e.g. `| head -1`): stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        raise SystemExit(0) from None
     except KeyboardInterrupt:
         if debug:
             raise

@@ -40,6 +40,10 @@ class DataConfig:
     dev_tgt: str = _opt("", "development target file (reference)")
     max_len: int = _opt(128, "drop training pairs with more pieces than this on either side", min=1)
     max_ratio: float = _opt(0.0, "drop training pairs whose length ratio (in pieces) exceeds this; 0 = keep all", min=0)
+    encoding_errors: Literal["strict", "replace"] = _opt(
+        "strict", "invalid UTF-8 in the corpus: strict = an error naming file and line; replace = U+FFFD"
+    )
+    unk_warn: float = _opt(0.01, "warn when more than this share of dev pieces is <unk>", min=0.0, max=1.0)
 
 
 @dataclass
@@ -125,6 +129,7 @@ class TrainConfig:
     patience: int = _opt(0, "stop when dev BLEU has not improved for this many validations; 0 = never", min=0)
     device: Literal["auto", "cpu", "cuda", "mps"] = _opt("auto", "where to train (auto: cuda if available)")
     precision: Literal["fp32", "bf16"] = _opt("fp32", "bf16 autocast (CPU with AVX-512 bf16/AMX, or GPU)")
+    skip_nonfinite: bool = _opt(False, "skip an update whose loss is NaN/inf (else: stop with a clear error)")
     threads: int = _opt(0, "CPU threads for torch; 0 = torch's default", min=0)
 
 
@@ -137,6 +142,7 @@ class DecodeConfig:
     max_len_a: float = _opt(1.5, "maximum output length = a * source length + b", min=0.0)
     max_len_b: int = _opt(10, "maximum output length = a * source length + b", min=0)
     batch_tokens: int = _opt(4000, "source-token budget per decoding batch", min=1)
+    max_input_len: int = _opt(250, "source pieces per line; longer input lines are truncated, with a warning", min=1)
 
 
 @dataclass

@@ -1,11 +1,13 @@
-"""Text in -> text out: encode, sort by length, batch by a token budget, search, restore order, decode.
+"""Text in -> text out: clean, encode, sort by length, batch by a token budget, search, restore order, decode.
 
 One line in = one line out, always: an empty (or whitespace-only) line gives an empty line without
-touching the model.
+touching the model; control characters and unpaired surrogates are cleaned away before SentencePiece
+sees them; a line longer than the input limit is truncated (and marked so), never dropped.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -13,9 +15,39 @@ import torch
 
 from seqtool.data.batching import pad_sequences
 from seqtool.decode.search import Hypothesis, SearchConfig, search
+from seqtool.errors import ConfigError, check
 from seqtool.models.base import Seq2SeqModel
 from seqtool.runtime import autocast
 from seqtool.tokenizer import Tokenizer
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # exactly Unicode category Cc (tab, CR, NUL, ESC, C1 controls ...)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def clean_line(line: str) -> str:
+    """The line as SentencePiece should see it (it rejects unpaired surrogates and would keep a NUL as a piece).
+
+    Control characters become spaces, surrogate code points are joined into the character they encode (U+FFFD
+    when unpaired), and surrounding whitespace is stripped.
+    """
+    if _SURROGATE.search(line):
+        line = line.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return _CONTROL.sub(" ", line).strip()
+
+
+def split_lines(data: bytes) -> tuple[list[str], int | None]:
+    """Split UTF-8 bytes into lines as `read_lines` does (BOM dropped, LF or CRLF endings, no line after a final LF).
+
+    Invalid UTF-8 is replaced by U+FFFD; also returns the 1-based line of the first invalid byte (None if none).
+    """
+    try:
+        text, bad_line = data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        text, bad_line = data.decode("utf-8", errors="replace"), data.count(b"\n", 0, exc.start) + 1
+    lines = text.removeprefix("\ufeff").split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final newline does not start another line
+    return [line.removesuffix("\r") for line in lines], bad_line
 
 
 def length_batches(lengths: Sequence[int], batch_tokens: int, beam: int = 1) -> Iterator[list[int]]:
@@ -65,6 +97,7 @@ class Translation:
     text: str
     log_prob: float
     score: float
+    truncated: bool = False  # the source line was cut to `max_input_len` pieces before the search
 
 
 class Translator:
@@ -78,15 +111,35 @@ class Translator:
         self.device = device
         self.precision = precision
 
-    def translate(self, lines: Sequence[str], cfg: SearchConfig, batch_tokens: int = 4000) -> list[list[Translation]]:
-        """Translate lines; each gets its n-best list (one empty Translation for an empty line)."""
-        src_ids = self.tokenizer.src.encode(line.strip() for line in lines)
+    def translate(
+        self,
+        lines: Sequence[str],
+        cfg: SearchConfig,
+        batch_tokens: int = 4000,
+        max_input_len: int | None = None,
+    ) -> list[list[Translation]]:
+        """Translate lines; each gets its n-best list (one empty Translation for an empty line), in input order.
+
+        Lines go through `clean_line` first. A line of more than `max_input_len` source pieces (None: no limit) is
+        cut to that many before the search; its translations are marked `truncated`. Translations go through
+        `clean_line` too, so none holds a line break (a target model with byte pieces could decode one).
+        """
+        check(
+            max_input_len is None or max_input_len >= 1,
+            f"max_input_len must be at least 1, got {max_input_len}",
+            kind=ConfigError,
+        )
+        src_ids = self.tokenizer.src.encode(clean_line(line) for line in lines)
+        truncated = [max_input_len is not None and len(ids) > max_input_len for ids in src_ids]
+        src_ids = [ids[:max_input_len] for ids in src_ids]
         hyps = translate_ids(self.model, src_ids, cfg, batch_tokens, self.device, self.precision)
         out: list[list[Translation]] = []
-        for nbest in hyps:
+        for nbest, cut in zip(hyps, truncated, strict=True):
             if not nbest:
                 out.append([Translation("", 0.0, 0.0)])
                 continue
             texts = self.tokenizer.tgt.decode([h.tokens for h in nbest])
-            out.append([Translation(t, h.log_prob, h.score) for t, h in zip(texts, nbest, strict=True)])
+            out.append(
+                [Translation(clean_line(t), h.log_prob, h.score, cut) for t, h in zip(texts, nbest, strict=True)]
+            )
         return out

@@ -70,9 +70,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # not a forbidden object, just bytes that are no pickle: a damaged file
+            raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupted?)") from None
+        reason = next((ln for ln in str(exc).splitlines() if "GLOBAL" in ln), "").strip()
         raise CheckpointError(
             f"{path}: refused to load: the file holds objects other than tensors and plain data",
-            f"seqtool loads checkpoints with weights_only=True ({str(exc).splitlines()[0][:120]})",
+            f"seqtool loads checkpoints with weights_only=True, so a file cannot run code ({reason[:120]})",
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(

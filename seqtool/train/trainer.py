@@ -38,6 +38,8 @@ from seqtool.train.checkpoint import atomic_write_text, average_checkpoint_files
 from seqtool.train.loss import label_smoothed_nll
 from seqtool.train.optim import build_optimizer, build_scheduler
 
+MAX_SKIPPED_IN_A_ROW = 20  # with train.skip_nonfinite: this many bad updates in a row end the run
+
 
 class Reporter(Protocol):
     """Where the trainer sends progress (the CLI shows it; tests can ignore it)."""
@@ -101,6 +103,8 @@ def _prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
                 f"nothing to resume in {run.root}: no checkpoints/last.pt",
                 "start the run without --resume",
             )
+        for partial in run.checkpoints.glob(".*.tmp"):  # a save cut short by a kill; the renamed files are complete
+            partial.unlink()
         return
     if run.holds_run() and not overwrite:
         raise CheckpointError(
@@ -161,14 +165,27 @@ class RawData:
 
 def _read_data(cfg: Config) -> RawData:
     """Read and check the training and dev files (line counts, encoding) before the tokenizer is trained."""
-    train_src, train_tgt = read_parallel(cfg.data.train_src, cfg.data.train_tgt)
+    for key in ("train_src", "train_tgt", "dev_src", "dev_tgt"):
+        name = getattr(cfg.data, key)
+        if name and not Path(name).exists():
+            raise DataError(
+                f"data.{key}: file not found: {name}", "paths in a config are relative to the current directory"
+            )
+    errors = cfg.data.encoding_errors
+    train_src, train_tgt = read_parallel(cfg.data.train_src, cfg.data.train_tgt, errors)
     dev_src: list[str] = []
     dev_tgt: list[str] = []
     if cfg.data.dev_src:
-        dev_src, dev_tgt = read_parallel(cfg.data.dev_src, cfg.data.dev_tgt)
+        dev_src, dev_tgt = read_parallel(cfg.data.dev_src, cfg.data.dev_tgt, errors)
         if cfg.train.eval_max_sentences:
             dev_src, dev_tgt = dev_src[: cfg.train.eval_max_sentences], dev_tgt[: cfg.train.eval_max_sentences]
     return RawData(train_src, train_tgt, dev_src, dev_tgt)
+
+
+def unk_rate(ids: list[list[int]], unk: int) -> float:
+    """Share of pieces that are <unk>."""
+    total = sum(len(seq) for seq in ids)
+    return sum(seq.count(unk) for seq in ids) / total if total else 0.0
 
 
 def _encode_data(cfg: Config, raw: RawData, tokenizer: Tokenizer, log: Any) -> EncodedData:
@@ -185,7 +202,19 @@ def _encode_data(cfg: Config, raw: RawData, tokenizer: Tokenizer, log: Any) -> E
     if raw.dev_src:
         data.dev_src = tokenizer.src.encode(raw.dev_src)
         data.dev_tgt = tokenizer.tgt.encode(raw.dev_tgt)
-        log(f"dev data: {len(raw.dev_src)} pairs")
+        rates = {
+            side: unk_rate(ids, tokenizer.specials.unk)
+            for side, ids in (("source", data.dev_src), ("target", data.dev_tgt))
+        }
+        log(
+            f"dev data: {len(raw.dev_src)} pairs; <unk> rate {rates['source']:.2%} source, {rates['target']:.2%} target"
+        )
+        for side, rate in rates.items():
+            if rate > cfg.data.unk_warn:
+                log(
+                    f"warning: {rate:.1%} of the dev {side} pieces are <unk>: the tokenizer does not fit this data "
+                    "(another language or script?); check tokenizer.model or raise tokenizer.character_coverage"
+                )
     return data
 
 
@@ -283,6 +312,8 @@ class Trainer:
         self.step = 0
         self.best_bleu: float | None = None
         self.stale_evals = 0
+        self.skipped_updates = 0
+        self.skipped_in_a_row = 0
         self.loss_sum = torch.zeros((), device=self.device)
         self.nll_sum = torch.zeros((), device=self.device)
         self.last_eval: dict[str, float] | None = None
@@ -333,6 +364,7 @@ class Trainer:
         return state
 
     def _save_last(self) -> None:
+        self._check_finite()
         save_checkpoint(self.run.checkpoint("last"), self._checkpoint_state(full=True))
 
     def _restore(self, path: Path) -> None:
@@ -364,6 +396,7 @@ class Trainer:
             atomic_write_text(self.run.metrics, "".join(kept))
 
     def _save_step(self) -> None:
+        self._check_finite()
         save_checkpoint(self.run.checkpoint(f"step_{self.step}"), self._checkpoint_state(full=False))
         keep = self.cfg.train.keep_last
         if keep:
@@ -435,6 +468,7 @@ class Trainer:
         }
 
     def _validate_and_save(self) -> None:
+        self._check_finite()
         if self.data.dev_src:
             self.last_eval = self.evaluate()
             bleu = self.last_eval["dev_bleu"]
@@ -505,23 +539,53 @@ class Trainer:
         return TrainResult(self.run.root, self.step, stop_reason, self.best_bleu, self.last_eval)
 
     def _update(self, group: list[Batch]) -> int:
-        """One optimizer update from the batches of `group` (gradient accumulation); returns its target tokens."""
+        """One optimizer update from the batches of `group` (gradient accumulation); returns its target tokens.
+
+        With train.skip_nonfinite, an update whose loss is NaN/inf is dropped (its data is consumed) and 0 returned.
+        """
         tcfg = self.cfg.train
+        update_loss = torch.zeros((), device=self.device)
+        update_nll = torch.zeros((), device=self.device)
         for batch in group:
             with autocast(self.device, self.precision):
                 logits = self.model(batch.src, batch.tgt_in)
             loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.specials.pad, tcfg.label_smoothing)
             # normalised by the tokens of the whole update, so N accumulated batches = one big batch
             (loss / batch.update_tokens).backward()
-            self.loss_sum += loss.detach()  # summed on the device: no host sync until the next log line
-            self.nll_sum += nll.detach()
+            update_loss += loss.detach()  # kept on the device: no host sync until the next log line
+            update_nll += nll.detach()
+        if tcfg.skip_nonfinite and not bool(torch.isfinite(update_loss)):  # a host sync, only with this option
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_updates += 1
+            self.skipped_in_a_row += 1
+            self.log(f"skipped an update with a non-finite loss after step {self.step} ({self.skipped_updates} so far)")
+            if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise TrainingError(
+                    f"{MAX_SKIPPED_IN_A_ROW} updates in a row had a non-finite loss at step {self.step}: giving up",
+                    "lower train.lr or raise train.warmup; check the data",
+                )
+            return 0
+        self.skipped_in_a_row = 0
         if tcfg.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.clip_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.loss_sum += update_loss
+        self.nll_sum += update_nll
         return sum(batch.tgt_tokens for batch in group)
+
+    def _check_finite(self) -> None:
+        """Refuse to save a model whose parameters are NaN/inf (it would replace a good checkpoint)."""
+        if all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            return
+        last = self.run.checkpoint("last")
+        raise TrainingError(
+            f"the model's parameters became NaN/inf at step {self.step}; nothing was saved",
+            (f"the last good checkpoint is {last}; " if last.exists() else "")
+            + "lower train.lr, raise train.warmup, or set train.skip_nonfinite: true",
+        )
 
     def _next_batches(self, batches: Iterator[list[int]], count: int) -> list[Batch]:
         """The `count` batches of one update, on the device, each knowing the update's total target tokens."""
@@ -542,8 +606,13 @@ class Trainer:
         if not math.isfinite(loss):
             last = self.run.checkpoint("last")
             raise TrainingError(
-                f"the training loss became {loss} at step {self.step}",
-                f"the last good checkpoint is {last}" if last.exists() else "lower train.lr or raise train.warmup",
+                f"the training loss became {loss} by step {self.step}; stopped without saving",
+                (
+                    f"the last good checkpoint is {last}; resume from it with --resume after lowering train.lr, or "
+                    if last.exists()
+                    else "lower train.lr or raise train.warmup, or "
+                )
+                + "set train.skip_nonfinite: true",
             )
         record = {
             "type": "train",

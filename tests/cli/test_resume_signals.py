@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -97,3 +98,29 @@ def test_stopped_and_resumed_run_matches_the_straight_run(
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed parameters differ from the uninterrupted run"
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # metrics logged after the last checkpoint were dropped on resume
+
+
+def test_killed_at_random_moments_and_resumed_each_time(straight_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """SIGKILL at random moments (set-up, training, validation, saving), resuming each time: same final model."""
+    cfg, straight = straight_run
+    run = tmp_path / "run"
+    rng = random.Random(20261125)
+
+    def launch() -> subprocess.Popen[str]:
+        if (run / "checkpoints" / "last.pt").exists():
+            return start("--resume", str(run))
+        return start(str(cfg), "--run-dir", str(run), "--overwrite")  # killed before its first checkpoint
+
+    for _ in range(4):
+        proc = launch()
+        time.sleep(rng.uniform(0.5, 4.5))
+        proc.kill()
+        proc.communicate(timeout=60)
+        if (run / "checkpoints" / "last.pt").exists():
+            load_checkpoint(run / "checkpoints" / "last.pt")  # never a half-written file
+    proc = launch()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    a, b = final_params(straight), final_params(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((run / "checkpoints").glob(".*.tmp"))

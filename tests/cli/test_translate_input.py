@@ -1,0 +1,178 @@
+"""`seqtool translate` on awkward input: one output line per input line, in order, exit code 0, no traceback."""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY_TRANSFORMER = {
+    "kind": "transformer",
+    "d_model": 32,
+    "heads": 2,
+    "ffn_dim": 64,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+}
+
+
+def seqtool(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """Run the real CLI in a fresh process, with bytes in and out."""
+    return subprocess.run(
+        [sys.executable, "-m", "seqtool", *args], input=stdin, capture_output=True, timeout=300, check=False
+    )
+
+
+def translate(run_dir: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    """`seqtool translate RUN_DIR ARGS` on one thread (tiny models are faster so on a busy machine)."""
+    return seqtool("translate", str(run_dir), "--threads", "1", *args, stdin=stdin)
+
+
+def output_lines(result: subprocess.CompletedProcess[bytes]) -> list[str]:
+    """The stdout lines of a successful run (stdout must be UTF-8, every line ended by a newline)."""
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"Traceback" not in result.stderr
+    text = result.stdout.decode("utf-8")
+    assert text == "" or text.endswith("\n")
+    return text.split("\n")[:-1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Transformer trained for 10 steps through the real `seqtool train` (greedy decoding by default)."""
+    root = tmp_path_factory.mktemp("translate-input")
+    config = {
+        "data": {
+            "train_src": str(tiny_corpus["train.en"]),
+            "train_tgt": str(tiny_corpus["train.de"]),
+            "dev_src": str(tiny_corpus["dev.en"]),
+            "dev_tgt": str(tiny_corpus["dev.de"]),
+        },
+        "tokenizer": {"vocab_size": 200},
+        "model": TINY_TRANSFORMER,
+        "train": {"max_steps": 10, "eval_every": 10, "log_every": 5, "batch_tokens": 800, "threads": 1},
+        "decode": {"beam": 1, "max_len_a": 1.0, "max_len_b": 5},
+    }
+    (root / "tiny.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = seqtool("train", str(root / "tiny.yaml"), "--run-dir", str(root / "run"))
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return root / "run"
+
+
+LONG_LINE = " ".join(["file"] * 10_000)
+ODD_LINES = [
+    "Open the file",
+    "",
+    LONG_LINE,
+    "   ",
+    "\t \t",
+    "\x00",
+    "Save\tthe\tfile",
+    "NUL\x00inside",
+    "carriage\rreturn inside a line",
+    "escape \x1b[31mred\x1b[0m, bell \x07, delete \x7f",
+    "vertical tab \x0b form feed \x0c separators \x1c\x1d\x1e\x1f",
+    "C1 controls \x85 and \x9f",
+    "emoji 😀🎉 👩‍💻 flags 🇩🇪",
+    "שלום עולם",
+    "مرحبا بالعالم",
+    "\u202eright-to-left override\u202c",
+    "e\u0301 a\u0308 combining marks",
+    "\u0301\u0301\u0301",
+    "\u200b\u200d\ufeff",
+    "\u2028line and paragraph separators\u2029",
+    "\ufffd replacement character",
+    "\U0010ffff\ufffe noncharacters",
+]
+
+
+def test_odd_lines_keep_one_output_line_each(run_dir: Path) -> None:
+    stdin = "".join(line + "\n" for line in ODD_LINES).encode("utf-8")
+    result = translate(run_dir, stdin=stdin)
+    out = output_lines(result)
+    assert len(out) == len(ODD_LINES)
+    for i, line in enumerate(ODD_LINES):
+        if line.strip(" \t\x00") == "":
+            assert out[i] == "", (i, line)
+    assert result.stderr.decode() == "warning: 1 input line longer than 250 pieces was truncated (line 3)\n"
+
+
+def test_max_input_len_option_and_the_warning_list(run_dir: Path) -> None:
+    lines = ["Open the file now please"] * 7
+    stdin = "".join(line + "\n" for line in lines).encode()
+    result = translate(run_dir, "--max-input-len", "2", stdin=stdin)
+    assert len(output_lines(result)) == 7
+    assert result.stderr.decode() == (
+        "warning: 7 input lines longer than 2 pieces were truncated (lines 1, 2, 3, 4, 5, ...)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("stdin", "lines", "warning"),
+    [
+        pytest.param(b"", 0, "", id="empty input"),
+        pytest.param(b"\n", 1, "", id="one empty line"),
+        pytest.param(b"Open the file\nClose", 2, "", id="no trailing newline"),
+        pytest.param(b"Open the file\r\n\r\nClose\r\n", 3, "", id="CRLF"),
+        pytest.param(b"\xef\xbb\xbfOpen the file\n", 1, "", id="BOM"),
+        pytest.param("Open \ufffd file\n".encode(), 1, "", id="real U+FFFD"),
+        pytest.param(
+            b"Open the file\nOpen \xff\xfe file\nClose \xc3\n\xe2\x82\n",
+            4,
+            "warning: invalid UTF-8 on stdin (first at line 2) was replaced by U+FFFD\n",
+            id="invalid UTF-8",
+        ),
+    ],
+)
+def test_line_endings_and_encodings(run_dir: Path, stdin: bytes, lines: int, warning: str) -> None:
+    result = translate(run_dir, stdin=stdin)
+    out = output_lines(result)
+    assert len(out) == lines
+    if stdin.startswith(b"Open the file\r\n"):
+        assert out[1] == ""
+    assert result.stderr.decode() == warning
+
+
+def test_head_closing_the_pipe_is_quiet(run_dir: Path) -> None:
+    """`seqtool translate ... | head -1`: the reader goes away while the output is larger than the pipe holds."""
+    stdin = b"Open the file\n" + b"\n" * 300_000  # empty lines: a large output that costs no search
+    with subprocess.Popen(
+        [sys.executable, "-m", "seqtool", "translate", str(run_dir), "--threads", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        if hasattr(fcntl, "F_GETPIPE_SZ"):
+            assert fcntl.fcntl(proc.stdout.fileno(), fcntl.F_GETPIPE_SZ) < 300_000
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode(errors="replace")
+        code = proc.wait(timeout=300)
+    assert first.endswith(b"\n")
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert stderr == "" and code == 0, stderr
+
+
+def test_output_file_is_not_created_when_translation_fails(run_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.en"
+    bad.write_bytes(b"Open the file\nOpen \xff file\n")
+    out = tmp_path / "out.de"
+    result = translate(run_dir, "-i", str(bad), "-o", str(out))
+    assert result.returncode == 2 and b"Traceback" not in result.stderr
+    assert result.stderr.decode().startswith(f"error: {bad}:2: invalid UTF-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.en"]  # no output, no temporary file
+
+
+def test_unwritable_output_is_a_user_error(run_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "adir").mkdir()
+    result = translate(run_dir, "-o", str(tmp_path / "adir"), "--overwrite", stdin=b"Open\n")
+    assert result.returncode == 2 and b"Traceback" not in result.stderr
+    assert result.stderr.decode().startswith(f"error: cannot write {tmp_path / 'adir'}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
