@@ -5,7 +5,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format clean
+.PHONY: setup demo test test-slow lint format clean bench-train
 
 setup: $(STAMP)
 
@@ -33,6 +33,10 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# training throughput beside JoeyNMT and Eole with ../shared/bench (MODE=speed: ~25 min; PEERS=1 retrains the peers)
+bench-train: setup
+	bash tests/benchmarks/bench_train.sh
 
 lint: setup
 	$(BIN)/ruff check seqtool tests

@@ -69,15 +69,21 @@ def _main(
 
 
 def _read_input(path: Path | None) -> list[str]:
-    """Lines of a file (invalid UTF-8 is an error) or of stdin (invalid UTF-8 is replaced, with one warning)."""
-    from seqtool.data.corpus import read_lines
+    """Lines of a file or of stdin; invalid UTF-8 is replaced by U+FFFD, with one warning naming the first line."""
+    from seqtool.data.corpus import check_readable
     from seqtool.decode.translate import split_lines
 
     if path is not None and str(path) != "-":
-        return read_lines(path)
-    lines, bad_line = split_lines(sys.stdin.buffer.read() if sys.stdin is not None else b"")
+        check_readable(path)
+        try:
+            data, source = path.read_bytes(), str(path)
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    else:
+        data, source = (sys.stdin.buffer.read() if sys.stdin is not None else b""), "stdin"
+    lines, bad_line = split_lines(data)
     if bad_line is not None:
-        typer.echo(f"warning: invalid UTF-8 on stdin (first at line {bad_line}) was replaced by U+FFFD", err=True)
+        typer.echo(f"warning: invalid UTF-8 in {source} (first at line {bad_line}) was replaced by U+FFFD", err=True)
     return lines
 
 

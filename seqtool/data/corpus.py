@@ -9,7 +9,8 @@ from pathlib import Path
 from seqtool.errors import DataError
 
 
-def _check_readable(path: Path) -> None:
+def check_readable(path: Path) -> None:
+    """A clear DataError unless `path` is an existing file."""
     if not path.exists():
         raise DataError(f"file not found: {path}")
     if path.is_dir():
@@ -22,7 +23,7 @@ def read_lines(path: str | Path, encoding_errors: str = "strict") -> list[str]:
     Invalid UTF-8 is an error naming the file and the line, unless `encoding_errors="replace"`.
     """
     path = Path(path)
-    _check_readable(path)
+    check_readable(path)
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -123,7 +123,7 @@ def test_max_input_len_option_and_the_warning_list(run_dir: Path) -> None:
         pytest.param(
             b"Open the file\nOpen \xff\xfe file\nClose \xc3\n\xe2\x82\n",
             4,
-            "warning: invalid UTF-8 on stdin (first at line 2) was replaced by U+FFFD\n",
+            "warning: invalid UTF-8 in stdin (first at line 2) was replaced by U+FFFD\n",
             id="invalid UTF-8",
         ),
     ],
@@ -160,14 +160,22 @@ def test_head_closing_the_pipe_is_quiet(run_dir: Path) -> None:
     assert stderr == "" and code == 0, stderr
 
 
-def test_output_file_is_not_created_when_translation_fails(run_dir: Path, tmp_path: Path) -> None:
+def test_invalid_utf8_in_an_input_file_is_replaced_with_a_warning(run_dir: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.en"
     bad.write_bytes(b"Open the file\nOpen \xff file\n")
     out = tmp_path / "out.de"
     result = translate(run_dir, "-i", str(bad), "-o", str(out))
+    assert result.returncode == 0 and b"Traceback" not in result.stderr
+    assert result.stderr.decode() == f"warning: invalid UTF-8 in {bad} (first at line 2) was replaced by U+FFFD\n"
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_output_file_is_not_created_when_translation_fails(run_dir: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.en"
+    src.write_bytes(b"Open the file\n")
+    result = translate(run_dir, "-i", str(src), "-o", str(tmp_path / "out.de"), "--checkpoint", "step_999")
     assert result.returncode == 2 and b"Traceback" not in result.stderr
-    assert result.stderr.decode().startswith(f"error: {bad}:2: invalid UTF-8")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.en"]  # no output, no temporary file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.en"]  # no output, no temporary file
 
 
 def test_unwritable_output_is_a_user_error(run_dir: Path, tmp_path: Path) -> None:

@@ -31,8 +31,10 @@ BYTE_PIECES = st.one_of(
     st.text(max_size=6).map(str.encode),
 )
 RAW_BYTES = st.lists(BYTE_PIECES, max_size=20).map(b"".join)
-# any code points, lone surrogates and control characters included
-ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=30)
+# any code points (lone surrogates and control characters included), with the awkward ones drawn more often
+AWKWARD = ["\ud800", "\udc00", "\ud83d", "\ude00", "\x00", "\t", "\r", "\x1b", "\x85", "\u2028", "\ufeff", "\u0301"]
+# (st.text would filter surrogates out of such an alphabet, so the characters are joined by hand)
+ANY_TEXT = st.lists(st.one_of(st.characters(exclude_categories=()), st.sampled_from(AWKWARD)), max_size=30).map("".join)
 SEARCH = SearchConfig(beam=2, max_len_a=0, max_len_b=3)
 
 
@@ -161,3 +163,10 @@ def test_translate_gives_one_output_per_input_line(
         assert best.truncated == (max_input_len is not None and length > max_input_len)
         if length == 0:
             assert best.text == "" and best.log_prob == 0.0
+
+
+def test_translations_never_hold_a_line_break(translator: Translator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A target tokenizer that decodes control characters (e.g. byte pieces <0x0A>) cannot split an output line."""
+    monkeypatch.setattr(translator.tokenizer.tgt, "decode", lambda ids: ["a\nb\r\x00"] * len(ids))
+    results = translator.translate(["Open the file", ""], SEARCH)
+    assert [nbest[0].text for nbest in results] == ["a b", ""]

@@ -218,3 +218,26 @@ def test_unk_rate_warning_for_a_foreign_script(tiny_corpus: dict[str, Path], spm
     log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
     assert "of the dev target pieces are <unk>" in log
     assert "of the dev source pieces are <unk>" not in log
+
+
+def test_crlf_bom_nul_and_tabs_in_the_corpus_train_fine(
+    tiny_corpus: dict[str, Path], spm_model: Path, tmp_path: Path
+) -> None:
+    src = tiny_corpus["train.en"].read_text(encoding="utf-8").splitlines()
+    tgt = tiny_corpus["train.de"].read_text(encoding="utf-8").splitlines()
+    src[0], src[1], tgt[2] = "tab\tinside", "nul\x00byte", "bell\x07 and\ttab"
+    (tmp_path / "s.en").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(src).encode() + b"\r\n")
+    (tmp_path / "t.de").write_bytes("\r\n".join(tgt).encode() + b"\r\n")
+    cfg = tiny_config(tiny_corpus, spm_model, max_steps=2, eval_every=2)
+    cfg.data.train_src, cfg.data.train_tgt = str(tmp_path / "s.en"), str(tmp_path / "t.de")
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert len(trainer.data.train_src) == len(src)  # nothing dropped, no line split by the CR or NUL
+    assert trainer.fit().steps == 2
+
+
+def test_a_file_that_is_not_a_sentencepiece_model(tmp_path: Path) -> None:
+    from seqtool.tokenizer import SentencePieceModel
+
+    (tmp_path / "fake.model").write_text("this is not a model\n")
+    with pytest.raises(DataError, match="not a SentencePiece model"):
+        SentencePieceModel(tmp_path / "fake.model")

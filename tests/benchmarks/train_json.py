@@ -1,0 +1,42 @@
+"""Write ../shared/bench's NAME.train.json from a run's metrics.jsonl (median tok/s, first interval left out)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def main() -> None:
+    """Parse the arguments and write the JSON file."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--mode", default="speed")
+    ap.add_argument("--budget-s", type=float, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [r for r in records if r["type"] == "train"]
+    steps = train[-1]["step"] if train else 0
+    total = sum(r["tgt_tokens"] for r in train)
+    config = __import__("yaml").safe_load((args.run_dir / "config.yaml").read_text())
+    out = {
+        "steps": steps,
+        "tgt_tok_s": statistics.median(r["tgt_tok_s"] for r in train[1:]) if len(train) > 1 else 0.0,
+        "total_tgt_tokens": total,
+        "tgt_tok_per_step": total / steps if steps else 0.0,
+        "mode": args.mode,
+        "budget_s": args.budget_s,
+        "warmup": config["train"]["warmup"],
+        "lr": config["train"]["lr"],
+        "threads": args.threads,
+        "precision": config["train"]["precision"],
+    }
+    args.out.write_text(json.dumps(out) + "\n")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
