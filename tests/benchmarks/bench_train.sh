@@ -20,6 +20,7 @@ for precision in $PRECISIONS; do
   name=seqtool-$precision
   run=runs/bench-$precision
   rm -rf "$run"
+  .venv/bin/python "$B/bench_lib.py" cpu-probe --threads 2 > "$RESULTS/cpu_probe.$name.train.json"  # host speed beside it
   bash "$B/peers.sh" measure "$name.train" --timeout "$budget_s" --stdout "$RESULTS/$name.train.log" --stderr stdout -- \
     "$SEQTOOL" train recipes/bench-wesnoth.yaml --run-dir "$run" \
       --set "data.train_src=$D/train.raw.en" --set "data.train_tgt=$D/train.raw.de" \

@@ -14,17 +14,17 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--mode", default="speed")
-    ap.add_argument("--budget-s", type=float, required=True)
+    ap.add_argument("--budget-s", type=int, required=True)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if r["type"] == "train"]
-    steps = train[-1]["step"] if train else 0
+    steps = train[-1]["step"] if train else 0  # the logged steps (a stop between log lines leaves a few out)
     total = sum(r["tgt_tokens"] for r in train)
     config = __import__("yaml").safe_load((args.run_dir / "config.yaml").read_text())
     out = {
         "steps": steps,
-        "tgt_tok_s": statistics.median(r["tgt_tok_s"] for r in train[1:]) if len(train) > 1 else 0.0,
+        "tgt_tok_s": round(statistics.median(r["tgt_tok_s"] for r in train[1:]), 1) if len(train) > 1 else 0.0,
         "total_tgt_tokens": total,
         "tgt_tok_per_step": total / steps if steps else 0.0,
         "mode": args.mode,

@@ -252,3 +252,10 @@ def test_beam_search_on_the_trained_model(trained_run: Path, tiny_corpus: dict[s
     better_or_equal = sum(b[0].log_prob >= g[0].log_prob - 1e-4 for b, g in zip(beam4, greedy, strict=True))
     assert better_or_equal >= 0.9 * len(lines)
     assert sum(b[0].log_prob for b in beam4) > sum(g[0].log_prob for g in greedy)
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    quiet = seqtool("eval", "--hyp", str(tmp_path / "nope"), "--ref", str(tmp_path / "nope"))
+    loud = seqtool("--debug", "eval", "--hyp", str(tmp_path / "nope"), "--ref", str(tmp_path / "nope"))
+    assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr and "DataError" in loud.stderr
+    assert loud.returncode != 0
