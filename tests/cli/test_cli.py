@@ -10,18 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-TINY_MODEL = {
-    "transformer": {
-        "kind": "transformer",
-        "d_model": 32,
-        "heads": 2,
-        "ffn_dim": 64,
-        "encoder_layers": 1,
-        "decoder_layers": 1,
-    },
-    "gru": {"kind": "rnn", "cell": "gru", "embed_dim": 32, "hidden_size": 32, "attention": "bahdanau"},
-    "lstm": {"kind": "rnn", "cell": "lstm", "embed_dim": 32, "hidden_size": 32, "attention": "none"},
-}
+from tests.cli.helpers import write_config
 
 
 def seqtool(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -34,23 +23,6 @@ def seqtool(*args: str, stdin: str | None = None, cwd: Path | None = None) -> su
         cwd=cwd,
         timeout=600,
     )
-
-
-def write_config(path: Path, corpus: dict[str, Path], model: str, tokenizer: str = "", **train: object) -> Path:
-    config = {
-        "data": {
-            "train_src": str(corpus["train.en"]),
-            "train_tgt": str(corpus["train.de"]),
-            "dev_src": str(corpus["dev.en"]),
-            "dev_tgt": str(corpus["dev.de"]),
-        },
-        "tokenizer": {"vocab_size": 400, "model": tokenizer},
-        "model": TINY_MODEL[model],
-        "train": {"max_steps": 30, "eval_every": 15, "log_every": 5, "batch_tokens": 800, "threads": 1, **train},
-        "decode": {"max_len_a": 1.0, "max_len_b": 5},
-    }
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    return path
 
 
 def assert_user_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:

@@ -8,16 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-TINY_TRANSFORMER = {
-    "kind": "transformer",
-    "d_model": 32,
-    "heads": 2,
-    "ffn_dim": 64,
-    "encoder_layers": 1,
-    "decoder_layers": 1,
-}
+from tests.cli.helpers import write_config
 
 
 def seqtool(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -45,19 +37,9 @@ def output_lines(result: subprocess.CompletedProcess[bytes]) -> list[str]:
 def run_dir(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Transformer trained for 10 steps through the real `seqtool train` (greedy decoding by default)."""
     root = tmp_path_factory.mktemp("translate-input")
-    config = {
-        "data": {
-            "train_src": str(tiny_corpus["train.en"]),
-            "train_tgt": str(tiny_corpus["train.de"]),
-            "dev_src": str(tiny_corpus["dev.en"]),
-            "dev_tgt": str(tiny_corpus["dev.de"]),
-        },
-        "tokenizer": {"vocab_size": 200},
-        "model": TINY_TRANSFORMER,
-        "train": {"max_steps": 10, "eval_every": 10, "log_every": 5, "batch_tokens": 800, "threads": 1},
-        "decode": {"beam": 1, "max_len_a": 1.0, "max_len_b": 5},
-    }
-    (root / "tiny.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    write_config(
+        root / "tiny.yaml", tiny_corpus, "transformer", vocab_size=200, decode={"beam": 1}, max_steps=10, eval_every=10
+    )
     result = seqtool("train", str(root / "tiny.yaml"), "--run-dir", str(root / "run"))
     assert result.returncode == 0, result.stderr.decode(errors="replace")
     return root / "run"
