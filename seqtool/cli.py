@@ -87,6 +87,12 @@ def _read_input(path: Path | None) -> list[str]:
     return lines
 
 
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    """Never replace a user's file unless asked to with --overwrite."""
+    if path.exists() and not overwrite:
+        raise DataError(f"output file {path} exists", "pass --overwrite to replace it, or choose another -o")
+
+
 def _write_output(lines: list[str], path: Path | None, overwrite: bool) -> None:
     """Write lines as UTF-8 to stdout, or atomically to a file (an existing file only with --overwrite).
 
@@ -108,8 +114,7 @@ def _write_output(lines: list[str], path: Path | None, overwrite: bool) -> None:
         return
     from seqtool.train.checkpoint import atomic_write_bytes
 
-    if path.exists() and not overwrite:
-        raise DataError(f"output file {path} exists", "pass --overwrite to replace it, or choose another -o")
+    _refuse_existing(path, overwrite)
     try:
         atomic_write_bytes(path, data)
     except OSError as exc:
@@ -150,8 +155,7 @@ def tokenizer_train(
         jobs = [(list(inputs), output)]
     for _, prefix in jobs:
         model_file = Path(f"{prefix}.model")
-        if model_file.exists() and not overwrite:
-            raise DataError(f"{model_file} exists", "pass --overwrite to replace it, or choose another -o")
+        _refuse_existing(model_file, overwrite)
     for files, prefix in jobs:
         path = train_sentencepiece(files, prefix, spec)
         typer.echo(f"wrote {path} and {path.with_suffix('.vocab')}", err=True)
@@ -281,8 +285,7 @@ def average(
             "train with train.save_every set (e.g. --set train.save_every=500)",
         )
     target = output or run.checkpoint("averaged")
-    if target.exists() and not overwrite:
-        raise DataError(f"output file {target} exists", "pass --overwrite to replace it, or choose another -o")
+    _refuse_existing(target, overwrite)
     save_checkpoint(target, average_checkpoint_files(paths))
     typer.echo(f"averaged {', '.join(p.name for p in paths)} into {target}", err=True)
 
@@ -326,8 +329,8 @@ def translate(
 
     set_threads(threads)
     dev = resolve_device(device.value)
-    if output is not None and output.exists() and not overwrite:
-        raise DataError(f"output file {output} exists", "pass --overwrite to replace it, or choose another -o")
+    if output is not None:
+        _refuse_existing(output, overwrite)  # before the model is loaded: fail fast
     model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, dev)
     dc = cfg.decode
     search_cfg = SearchConfig(

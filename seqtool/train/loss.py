@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -25,9 +24,3 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, pad: int, smoothing: floa
     eps = smoothing / (vocab - 2)  # target keeps 1 - smoothing; the other vocab - 2 non-pad ids share the rest
     loss = (1.0 - smoothing - eps) * nll_sum + eps * smooth_sum
     return loss, nll_sum
-
-
-@torch.no_grad()
-def count_tokens(target: Tensor, pad: int) -> Tensor:
-    """Number of non-pad positions (a tensor, so no host sync)."""
-    return (target != pad).sum()
