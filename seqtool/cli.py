@@ -325,9 +325,10 @@ def translate(
     from seqtool.decode.search import SearchConfig
     from seqtool.decode.translate import Translator
     from seqtool.rundir import load_for_inference
-    from seqtool.runtime import resolve_device, set_threads
+    from seqtool.runtime import limit_onednn_cache, resolve_device, set_threads
 
     set_threads(threads)
+    limit_onednn_cache()
     dev = resolve_device(device.value)
     if output is not None:
         _refuse_existing(output, overwrite)  # before the model is loaded: fail fast

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 
@@ -32,6 +33,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise SeqtoolError("device 'mps' requested but MPS is not available", "use --device cpu or auto")
     return torch.device(name)
+
+
+# oneDNN (bf16 matmuls on CPU) caches a compiled primitive per input shape, 1024 by default. Length-bucketed batches
+# bring a new shape nearly every step, so a bf16 training run grew from 2.2 to 4.2 GB RSS over 250 steps; with 16
+# the growth stops (2.4 GB) at no measured speed cost. Read by oneDNN at its first primitive, so set early.
+ONEDNN_CACHE_CAPACITY = "16"
+
+
+def limit_onednn_cache() -> None:
+    """Keep oneDNN's per-shape primitive cache small (unless the user set ONEDNN_PRIMITIVE_CACHE_CAPACITY)."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_CAPACITY)
 
 
 def set_threads(threads: int) -> None:

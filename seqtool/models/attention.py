@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from seqtool.models.dropout import dropout
+
 
 def attention_mask(
     key_padding_mask: Tensor | None, causal: bool, query_len: int, key_len: int, device: torch.device
@@ -29,6 +31,16 @@ def attention_mask(
         future = torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(key_len - query_len)
         mask = future if mask is None else mask & future  # (batch, 1, query_len, key_len)
     return mask
+
+
+def _attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, p: float) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) with dropout, times v: what SDPA computes, with `seqtool.models.dropout`."""
+    scores = torch.matmul(q * (q.size(-1) ** -0.5), k.transpose(-2, -1))  # (batch, heads, q_len, key_len)
+    if causal:
+        mask = torch.ones(q.size(2), k.size(2), dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(dropout(torch.softmax(scores, dim=-1), p, training=True), v)
 
 
 class MultiHeadAttention(nn.Module):
@@ -72,9 +84,13 @@ class MultiHeadAttention(nn.Module):
         # The fused causal path needs square (top-left aligned) masks and no padding; otherwise pass an explicit mask.
         is_causal = causal and key_padding_mask is None and q_len == key_len
         mask = None if is_causal else attention_mask(key_padding_mask, causal, q_len, key_len, q.device)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
-        )  # (batch, heads, q_len, head_dim)
+        if self.training and self.dropout > 0.0 and q.device.type == "cpu":
+            # SDPA on CPU runs its math path when dropout is on, with the slow Bernoulli mask: same maths, cheap mask
+            out = _attention_with_dropout(q, k, v, mask, is_causal, self.dropout)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+            )  # (batch, heads, q_len, head_dim)
         batch = out.size(0)
         return self.out_proj(out.transpose(1, 2).reshape(batch, q_len, self.heads * self.head_dim))
 

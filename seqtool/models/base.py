@@ -55,9 +55,20 @@ class Seq2SeqModel(nn.Module, ABC):
 
     specials: SpecialIds
 
+    output: nn.Linear  # the projection from `features` to target-vocabulary logits
+
     @abstractmethod
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher-forced logits: src (batch, src_len), tgt_in (batch, tgt_len) -> (batch, tgt_len, tgt_vocab)."""
+    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced decoder features before the output projection: (batch, tgt_len, output.in_features)."""
+
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits: src (batch, src_len), tgt_in (batch, tgt_len) -> (batch, tgt_len, tgt_vocab).
+
+        With a boolean `keep` (batch, tgt_len), only the logits of those positions: (keep.sum(), tgt_vocab). Training
+        passes the non-pad target positions, so the largest matmul and the loss skip the padding.
+        """
+        features = self.features(src, tgt_in)
+        return self.output(features if keep is None else features[keep])
 
     @abstractmethod
     def encode(self, src: Tensor) -> EncoderOutput:

@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqtool.models.attention import BahdanauAttention, LuongAttention
 from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, SpecialIds
+from seqtool.models.dropout import Dropout
 
 RNN_CELLS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
 ATTENTION_KINDS = ("none", "bahdanau", "luong")
@@ -78,7 +79,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         self.src_embed = (
             self.tgt_embed if share_embeddings else nn.Embedding(src_vocab, embed_dim, padding_idx=specials.pad)
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.encoder = rnn(
             embed_dim,
             hidden_size,
@@ -150,13 +151,12 @@ class RNNSeq2Seq(Seq2SeqModel):
         output, final = self.decoder(inputs, self._rnn_hidden(state))
         return output[:, 0], attended, weights, self._with_hidden(state, final)
 
-    def _logits(self, hidden: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
-        """Readout W_out tanh(W_o [h_d; ctx; embed(y[t-1])]) on (..., dim) inputs -> (..., tgt_vocab)."""
-        readout = torch.tanh(self.readout(torch.cat([hidden, context, embedded], dim=-1)))
-        return self.output(self.dropout(readout))
+    def _readout(self, hidden: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
+        """Readout tanh(W_o [h_d; ctx; embed(y[t-1])]) with dropout, on (..., dim) inputs; `output` gives logits."""
+        return self.dropout(torch.tanh(self.readout(torch.cat([hidden, context, embedded], dim=-1))))
 
     def _decode(self, enc: EncoderOutput, tgt_in: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Teacher-forced logits (batch, tgt_len, tgt_vocab) and attention weights (batch, tgt_len, src_len) or None."""
+        """Teacher-forced readouts (batch, tgt_len, readout_dim) and attention weights (batch, tgt_len, src_len)."""
         state = self.init_state(enc)
         embedded = self.dropout(self.tgt_embed(tgt_in))  # (batch, tgt_len, embed_dim)
         if isinstance(self.attention, BahdanauAttention):
@@ -166,18 +166,18 @@ class RNNSeq2Seq(Seq2SeqModel):
                 hiddens.append(hidden)
                 contexts.append(attended)
                 weights.append(step_weights)
-            logits = self._logits(torch.stack(hiddens, 1), torch.stack(contexts, 1), embedded)
-            return logits, torch.stack(weights, 1)
+            readout = self._readout(torch.stack(hiddens, 1), torch.stack(contexts, 1), embedded)
+            return readout, torch.stack(weights, 1)
         # The decoder input does not depend on its outputs: run the whole target in one call.
         context = enc.final[:, None].expand(-1, tgt_in.size(1), -1)  # (batch, tgt_len, enc_dim)
         hidden, _ = self.decoder(torch.cat([embedded, context], dim=-1), self._rnn_hidden(state))
         if self.attention is None:
-            return self._logits(hidden, context, embedded), None
+            return self._readout(hidden, context, embedded), None
         attended, weights = self.attention(hidden, enc.memory, enc.src_mask)  # Luong: query h_d[t]
-        return self._logits(hidden, attended, embedded), weights
+        return self._readout(hidden, attended, embedded), weights
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher-forced logits (batch, tgt_len, tgt_vocab)."""
+    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced readouts (batch, tgt_len, readout_dim), the input of the output projection."""
         return self._decode(self.encode(src), tgt_in)[0]
 
     def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
@@ -185,7 +185,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         embedded = self.dropout(self.tgt_embed(tokens))  # (batch, embed_dim)
         if isinstance(self.attention, BahdanauAttention):
             hidden, attended, _, state = self._bahdanau_step(embedded, state)
-            return self._logits(hidden, attended, embedded), state
+            return self.output(self._readout(hidden, attended, embedded)), state
         inputs = torch.cat([embedded, state["context"]], dim=-1)[:, None]  # (batch, 1, embed_dim + enc_dim)
         output, final = self.decoder(inputs, self._rnn_hidden(state))
         hidden = output[:, 0]  # (batch, hidden_size)
@@ -193,7 +193,7 @@ class RNNSeq2Seq(Seq2SeqModel):
             context = state["context"]
         else:
             context, _ = self.attention(hidden, state["memory"], state["src_mask"])
-        return self._logits(hidden, context, embedded), self._with_hidden(state, final)
+        return self.output(self._readout(hidden, context, embedded)), self._with_hidden(state, final)
 
     @torch.no_grad()
     def attention_weights(self, src: Tensor, tgt_in: Tensor) -> Tensor | None:

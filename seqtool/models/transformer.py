@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from seqtool.models.attention import MultiHeadAttention
 from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, SpecialIds
+from seqtool.models.dropout import Dropout
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -37,7 +38,7 @@ class _ResidualLayer(nn.Module):
 
     def __init__(self, dropout: float, pre_norm: bool) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def _sublayer_input(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
@@ -160,7 +161,7 @@ class Transformer(Seq2SeqModel):
             self.tgt_embed if share_embeddings else nn.Embedding(src_vocab, d_model, padding_idx=specials.pad)
         )
         self.register_buffer("positions", sinusoidal_positions(max_positions, d_model), persistent=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         layer_args = (d_model, heads, ffn_dim, dropout, attention_dropout, activation, pre_norm)
         self.encoder_layers = nn.ModuleList(EncoderLayer(*layer_args) for _ in range(encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(*layer_args) for _ in range(decoder_layers))
@@ -200,13 +201,13 @@ class Transformer(Seq2SeqModel):
             x = layer(x, src_mask)
         return EncoderOutput(memory=self.encoder_norm(x), src_mask=src_mask)
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher-forced logits (batch, tgt_len, tgt_vocab)."""
+    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced decoder output (batch, tgt_len, d_model), final norm applied."""
         enc = self.encode(src)
         x = self._embed(tgt_in, self.tgt_embed)  # (batch, tgt_len, d_model)
         for layer in self.decoder_layers:
             x, _ = layer(x, layer.cross_attn.project_kv(enc.memory), enc.src_mask)
-        return self.output(self.decoder_norm(x))
+        return self.decoder_norm(x)
 
     def init_state(self, enc: EncoderOutput) -> DecoderState:
         """Cross-attention keys/values of every layer (computed once) and empty self-attention caches."""

@@ -32,7 +32,14 @@ from seqtool.evaluate import corpus_bleu
 from seqtool.models import build_model
 from seqtool.models.base import Seq2SeqModel
 from seqtool.rundir import RunDir, load_model_weights, read_run_config
-from seqtool.runtime import autocast, bf16_supported, resolve_device, seed_everything, set_threads
+from seqtool.runtime import (
+    autocast,
+    bf16_supported,
+    limit_onednn_cache,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 from seqtool.tokenizer import Tokenizer, TokenizerSpec, train_sentencepiece
 from seqtool.train.checkpoint import atomic_write_text, average_checkpoint_files, load_checkpoint, save_checkpoint
 from seqtool.train.loss import label_smoothed_nll
@@ -289,6 +296,7 @@ class Trainer:
         self.cfg = cfg
         self.device = resolve_device(cfg.train.device)
         set_threads(cfg.train.threads)
+        limit_onednn_cache()
         self.precision = cfg.train.precision
         if self.precision == "bf16" and not bf16_supported(self.device):
             self.log(f"bf16 is not supported on this {self.device.type} device: training in fp32")
@@ -445,9 +453,10 @@ class Trainer:
         for start in range(0, len(order), rows):
             idx = order[start : start + rows]
             batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials).to(self.device)
+            keep = batch.tgt_out != self.specials.pad
             with autocast(self.device, self.precision):
-                logits = self.model(batch.src, batch.tgt_in)
-            _, nll = label_smoothed_nll(logits, batch.tgt_out, self.specials.pad, 0.0)
+                logits = self.model(batch.src, batch.tgt_in, keep)
+            _, nll = label_smoothed_nll(logits, batch.tgt_out[keep], self.specials.pad, 0.0)
             nll_total += float(nll)
             tokens += batch.tgt_tokens
         search_cfg = SearchConfig(
@@ -547,9 +556,10 @@ class Trainer:
         update_loss = torch.zeros((), device=self.device)
         update_nll = torch.zeros((), device=self.device)
         for batch in group:
+            keep = batch.tgt_out != self.specials.pad  # logits and loss only at real target positions
             with autocast(self.device, self.precision):
-                logits = self.model(batch.src, batch.tgt_in)
-            loss, nll = label_smoothed_nll(logits, batch.tgt_out, self.specials.pad, tcfg.label_smoothing)
+                logits = self.model(batch.src, batch.tgt_in, keep)
+            loss, nll = label_smoothed_nll(logits, batch.tgt_out[keep], self.specials.pad, tcfg.label_smoothing)
             # normalised by the tokens of the whole update, so N accumulated batches = one big batch
             (loss / batch.update_tokens).backward()
             update_loss += loss.detach()  # kept on the device: no host sync until the next log line

@@ -21,6 +21,7 @@ def main() -> None:
     train = [r for r in records if r["type"] == "train"]
     steps = train[-1]["step"] if train else 0  # the logged steps (a stop between log lines leaves a few out)
     total = sum(r["tgt_tokens"] for r in train)
+    evals = [r for r in records if r["type"] == "eval"]
     config = __import__("yaml").safe_load((args.run_dir / "config.yaml").read_text())
     out = {
         "steps": steps,
@@ -34,6 +35,13 @@ def main() -> None:
         "threads": args.threads,
         "precision": config["train"]["precision"],
     }
+    if evals:  # the checkpoint translate decodes (best.pt): the evaluation with the highest dev BLEU
+        best = max(evals, key=lambda r: r["dev_bleu"])
+        out.update(
+            dev_ref_ppl=round(best["dev_ppl"], 2),
+            dev_bleu=round(best["dev_bleu"], 2),
+            val_ppl=[round(r["dev_ppl"], 2) for r in evals],
+        )
     args.out.write_text(json.dumps(out) + "\n")
     print(json.dumps(out))
 

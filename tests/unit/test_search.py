@@ -37,7 +37,10 @@ class MarkovModel(Seq2SeqModel):
         self.register_buffer("table", table.float())
         self.batch_sizes: list[int] = []
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        raise NotImplementedError  # forward is overridden: the table holds the logits
+
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
         return self.table[tgt_in]
 
     def encode(self, src: Tensor) -> EncoderOutput:
@@ -63,10 +66,10 @@ class TinyGRU(Seq2SeqModel):
         self.tgt_emb = nn.Embedding(vocab, dim)
         self.cell = nn.GRUCell(dim, dim)
         self.init = nn.Linear(dim, dim)
-        self.out = nn.Linear(dim, vocab)
+        self.output = nn.Linear(dim, vocab)
         with torch.no_grad():
-            self.out.weight.mul_(4.0)  # peakier distributions: varied lengths, fewer near-ties
-            self.out.bias[SP.eos] += eos_bias
+            self.output.weight.mul_(4.0)  # peakier distributions: varied lengths, fewer near-ties
+            self.output.bias[SP.eos] += eos_bias
         self.batch_sizes: list[int] = []
         self.eval()
 
@@ -80,19 +83,19 @@ class TinyGRU(Seq2SeqModel):
 
     def _cell(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         h = self.cell(self.tgt_emb(tokens) + state["ctx"], state["h"])
-        return self.out(h), {"h": h, "ctx": state["ctx"]}
+        return self.output(h), {"h": h, "ctx": state["ctx"]}
 
     def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         self.batch_sizes.append(tokens.size(0))
         return self._cell(tokens, state)
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         state = self.init_state(self.encode(src))
-        logits = []
+        hiddens = []
         for t in range(tgt_in.size(1)):
-            step_logits, state = self._cell(tgt_in[:, t], state)
-            logits.append(step_logits)
-        return torch.stack(logits, 1)
+            state = {"h": self.cell(self.tgt_emb(tgt_in[:, t]) + state["ctx"], state["h"]), "ctx": state["ctx"]}
+            hiddens.append(state["h"])
+        return torch.stack(hiddens, 1)
 
 
 def markov_table(vocab: int, rows: dict[int, dict[int, float]]) -> Tensor:
