@@ -5,17 +5,18 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format clean bench-train
+.PHONY: setup demo test test-slow lint format clean bench-train bench-quality docs
 
 setup: $(STAMP)
 
-# torch first, pinned (an unpinned torch would pull a multi-GB CUDA build); then the package with its dev extras.
+# torch first, pinned (an unpinned torch would pull a multi-GB CUDA build); then the package with its dev, plot
+# and ct2 (CTranslate2 export and engine) extras.
 # Re-runs only when pyproject.toml changes or the torch pin does.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,plot,ct2]"
 	@echo "$(TORCH)" > $(STAMP)
 
 # a different TORCH= than last time forces a re-install
@@ -37,6 +38,14 @@ test-slow: setup
 # training throughput beside JoeyNMT and Eole with ../shared/bench (MODE=speed: ~25 min; PEERS=1 retrains the peers)
 bench-train: setup
 	bash tests/benchmarks/bench_train.sh
+
+# BLEU after 20 minutes of training, beam 5 and 1 on the test set (PEERS=1 also reruns the peers: about 70 min more)
+bench-quality: setup
+	MODE=quality bash tests/benchmarks/bench_train.sh
+
+# README's config reference, regenerated from the schema
+docs: setup
+	$(BIN)/python -m seqtool.config_reference --write README.md
 
 lint: setup
 	$(BIN)/ruff check seqtool tests

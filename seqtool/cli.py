@@ -7,12 +7,18 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
 from seqtool import __version__
 from seqtool.errors import DataError, SeqtoolError
+
+if TYPE_CHECKING:  # the heavy modules load inside the commands that need them, so that --help stays fast
+    from seqtool.config import Config
+    from seqtool.decode.ct2_engine import CTranslate2Translator
+    from seqtool.decode.search import SearchConfig
+    from seqtool.decode.translate import Translator
 
 app = typer.Typer(
     name="seqtool",
@@ -256,8 +262,34 @@ def train(
     result = run_training(cfg, target, resume=resume, overwrite=overwrite, init_from=init_from, reporter=RichReporter())
     if result.stop_reason == "interrupted":
         raise typer.Exit(130)
-    best = f", best dev BLEU {result.best_bleu:.2f}" if result.best_bleu is not None else ""
-    typer.echo(f"done: {result.steps} steps{best}; run directory {result.run_dir}", err=True)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line for the job
+        best = f", best dev BLEU {result.best_bleu:.2f}" if result.best_bleu is not None else ""
+        typer.echo(f"done: {result.steps} steps{best}; run directory {result.run_dir}", err=True)
+
+
+@app.command()
+def prepare(
+    config: Annotated[Path, typer.Argument(help="YAML config file (the one you will train with).")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config key: --set data.workers=8 (repeatable).")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory the cache goes into (default: runs/NAME; see data.cache_dir).")
+    ] = None,
+) -> None:
+    """Check the data, train the tokenizer if the config names one that does not exist, and build the encoded
+    corpus cache ahead of training (e.g. before a multi-node run); `seqtool train` then reuses it.
+
+    Example: seqtool prepare recipes/l10n-en-de/transformer.yaml --set data.cache_dir=/data/cache
+    """
+    from seqtool.config import load_config
+    from seqtool.progress import RichReporter
+    from seqtool.train.trainer import prepare as prepare_data
+
+    cfg = load_config(config, list(overrides or []))
+    reporter = RichReporter()
+    corpus = prepare_data(cfg, run_dir or Path("runs") / cfg.name, reporter.message)
+    typer.echo(f"ready: {len(corpus):,} training pairs encoded in {corpus.directory}", err=True)
 
 
 @app.command()
@@ -294,6 +326,15 @@ def average(
 # translate
 
 
+class Engine(str, Enum):
+    torch = "torch"
+    ctranslate2 = "ctranslate2"
+
+
+class Quantize(str, Enum):
+    int8 = "int8"
+
+
 @app.command()
 def translate(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by `seqtool train`.")],
@@ -302,7 +343,14 @@ def translate(
     beam: Annotated[
         int | None, typer.Option(help="Beam size; 1 = greedy (default: the config's decode.beam).", min=1)
     ] = None,
-    length_penalty: Annotated[float | None, typer.Option(help="GNMT length penalty alpha; 0 = none.", min=0.0)] = None,
+    length_penalty: Annotated[
+        float | None,
+        typer.Option(
+            help="Length penalty alpha; 0 = none. Beam search ranks by log_prob / lp(n), n = output tokens with </s>: "
+            "torch lp = ((5 + n) / 6) ** alpha (GNMT), ctranslate2 lp = n ** alpha.",
+            min=0.0,
+        ),
+    ] = None,
     max_len_a: Annotated[float | None, typer.Option(help="Max output length = a * source length + b.", min=0.0)] = None,
     max_len_b: Annotated[int | None, typer.Option(help="Max output length = a * source length + b.", min=0)] = None,
     batch_tokens: Annotated[
@@ -315,37 +363,80 @@ def translate(
     checkpoint: Annotated[str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")] = "best",
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision.fp32,
-    threads: Annotated[int, typer.Option(help="CPU threads (0 = torch's default).", min=0)] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = the engine's default).", min=0)] = 0,
+    engine: Annotated[
+        Engine,
+        typer.Option(help="torch (seqtool's own search), or ctranslate2 (a model written by `seqtool export`)."),
+    ] = Engine.torch,
+    ct2_model: Annotated[
+        Path | None,
+        typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2)."),
+    ] = None,
+    quantize: Annotated[
+        Quantize | None,
+        typer.Option(help="Dynamic int8 quantization of the Linear layers (torch engine, CPU only)."),
+    ] = None,
+    nbest: Annotated[
+        int,
+        typer.Option(help="Print the K best translations per line as `LINE<TAB>TEXT<TAB>SCORE` (K <= beam).", min=1),
+    ] = 1,
+    scores: Annotated[
+        bool, typer.Option("--scores", help="Append <TAB> and the log-probability of the translation.")
+    ] = False,
+    stream: Annotated[
+        bool,
+        typer.Option("--stream", help="Answer each stdin line as soon as it arrives (interactive; slower in bulk)."),
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
     """Translate text line by line: stdin to stdout (or -i/-o); one output line per input line, in order.
 
+    --engine ctranslate2 runs a model written by `seqtool export` (needs pip install 'seqtool[ct2]').
+
     Example: seqtool translate runs/demo --beam 5 < data/test.en > hyp.de
     """
     from seqtool.decode.search import SearchConfig
-    from seqtool.decode.translate import Translator
-    from seqtool.rundir import load_for_inference
-    from seqtool.runtime import limit_onednn_cache, resolve_device, set_threads
+    from seqtool.decode.translate import format_translations
 
-    set_threads(threads)
-    limit_onednn_cache()
-    dev = resolve_device(device.value)
     if output is not None:
         _refuse_existing(output, overwrite)  # before the model is loaded: fail fast
-    model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, dev)
+    translator: Translator | CTranslate2Translator
+    if engine is Engine.ctranslate2:
+        from seqtool.decode.ct2_engine import load_ct2_translator, resolve_ct2_device
+
+        for given, flag in ((quantize is not None, "--quantize"), (precision is not Precision.fp32, "--precision")):
+            if given:
+                raise SeqtoolError(
+                    f"{flag} applies to --engine torch", "a CTranslate2 model computes in its export's --quantization"
+                )
+        if checkpoint != "best":
+            raise SeqtoolError(
+                "--checkpoint applies to --engine torch",
+                "export the checkpoint you want: seqtool export RUN_DIR --format ctranslate2 --checkpoint NAME",
+            )
+        translator, cfg = load_ct2_translator(run_dir, ct2_model, resolve_ct2_device(device.value), threads)
+    else:
+        if ct2_model is not None:
+            raise SeqtoolError("--ct2-model needs --engine ctranslate2")
+        translator, cfg = _torch_translator(run_dir, checkpoint, device, precision, threads, quantize)
     dc = cfg.decode
     search_cfg = SearchConfig(
-        beam=beam or dc.beam,
-        nbest=1,
+        beam=max(beam or dc.beam, nbest),
+        nbest=nbest,
         length_penalty=dc.length_penalty if length_penalty is None else length_penalty,
         max_len_a=dc.max_len_a if max_len_a is None else max_len_a,
         max_len_b=dc.max_len_b if max_len_b is None else max_len_b,
     )
-    lines = _read_input(input)
+    if nbest > (beam or dc.beam):
+        typer.echo(f"note: --nbest {nbest} needs a beam of at least {nbest}: using --beam {nbest}", err=True)
     limit = max_input_len or dc.max_input_len
-    results = Translator(model, tokenizer, dev, precision.value).translate(
-        lines, search_cfg, batch_tokens or dc.batch_tokens, limit
-    )
+    if stream:
+        if input is not None or output is not None:
+            raise DataError("--stream reads stdin and writes stdout", "drop -i/-o, or drop --stream for files")
+        _translate_stream(translator, search_cfg, limit, nbest, scores)
+        return
+    lines = _read_input(input)
+    results = translator.translate(lines, search_cfg, batch_tokens or dc.batch_tokens, limit)
     cut = [i + 1 for i, nbest in enumerate(results) if nbest[0].truncated]
     if cut:
         many = len(cut) > 1
@@ -355,7 +446,98 @@ def translate(
             f"truncated (line{'s' * many} {shown})",
             err=True,
         )
-    _write_output([nbest[0].text for nbest in results], output, overwrite)
+    _write_output(format_translations(results, nbest, scores), output, overwrite)
+
+
+def _torch_translator(
+    run_dir: Path, checkpoint: str, device: Device, precision: Precision, threads: int, quantize: Quantize | None
+) -> tuple[Translator, Config]:
+    """seqtool's own engine: the run's model on its device, dynamically quantized with --quantize."""
+    import torch
+
+    from seqtool.decode.translate import Translator
+    from seqtool.rundir import load_for_inference
+    from seqtool.runtime import limit_onednn_cache, resolve_device, set_threads
+
+    set_threads(threads)
+    limit_onednn_cache()
+    if quantize is None:
+        dev = resolve_device(device.value)
+        model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, dev)
+        return Translator(model, tokenizer, dev, precision.value), cfg
+    from seqtool.decode.quantize import quantize_model
+
+    if precision is not Precision.fp32:
+        raise SeqtoolError(f"--quantize {quantize.value} and --precision {precision.value} exclude each other")
+    wanted = torch.device("cpu" if device is Device.auto else device.value)
+    model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, torch.device("cpu"))
+    model = quantize_model(model, quantize.value, wanted)
+    return Translator(model, tokenizer, wanted, precision.value), cfg
+
+
+def _translate_stream(
+    translator: Translator | CTranslate2Translator, cfg: SearchConfig, limit: int, nbest: int, scores: bool
+) -> None:
+    """Translate stdin line by line, writing and flushing each answer before reading the next line."""
+    from seqtool.decode.translate import format_translations, split_lines
+
+    for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
+        lines, bad = split_lines(raw)
+        if bad is not None:
+            typer.echo(f"warning: invalid UTF-8 in stdin line {number} was replaced by U+FFFD", err=True)
+        results = translator.translate(lines[:1] or [""], cfg, max_input_len=limit)
+        if results[0][0].truncated:
+            typer.echo(f"warning: input line {number} was longer than {limit} pieces and was truncated", err=True)
+        out = format_translations(results, nbest, scores, first_line=number)
+        _write_output(out, None, False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# export
+
+
+class ExportFormat(str, Enum):
+    ctranslate2 = "ctranslate2"
+
+
+class CT2Quantization(str, Enum):
+    int8 = "int8"
+    int8_float32 = "int8_float32"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `seqtool train` (a Transformer).")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="Target engine.")],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Model directory to write (default: RUN_DIR/ctranslate2)."),
+    ] = None,
+    quantization: Annotated[
+        CT2Quantization,
+        typer.Option(help="Weight type: float32 (exact), int8 / int8_float32 (int8 weights, ~4x smaller), bfloat16."),
+    ] = CT2Quantization.float32,
+    checkpoint: Annotated[str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")] = "best",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing model directory.")] = False,
+) -> None:
+    """Export a trained Transformer for another inference engine (CTranslate2), for `translate --engine ctranslate2`.
+
+    Needs CTranslate2: pip install 'seqtool[ct2]'. The directory is written atomically (a temporary directory next
+    to it, then renamed).
+
+    Example: seqtool export runs/demo --format ctranslate2 --quantization int8 -o runs/demo/ctranslate2
+    """
+    from seqtool.export import export_run
+
+    target = output or run_dir / "ctranslate2"
+    result = export_run(run_dir, fmt.value, target, quantization.value, checkpoint, overwrite)
+    typer.echo(
+        f"wrote {result.output} ({fmt.value}, {result.quantization}, {result.bytes / 1e6:.1f} MB) "
+        f"from {result.checkpoint}",
+        err=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -364,20 +546,49 @@ def translate(
 
 @app.command("eval")
 def evaluate(
-    hyp: Annotated[Path, typer.Option("--hyp", help="Hypotheses (detokenised), one per line.")],
+    hyp: Annotated[
+        list[Path], typer.Option("--hyp", help="Hypotheses (detokenised), one per line; repeat to compare systems.")
+    ],
     ref: Annotated[Path, typer.Option("--ref", help="References, line-aligned with --hyp.")],
     metrics: Annotated[str, typer.Option(help="Comma-separated: bleu, chrf, ter.")] = "bleu,chrf,ter",
+    bootstrap: Annotated[
+        int, typer.Option(help="Paired bootstrap resamples when comparing systems (sacrebleu's test).", min=10)
+    ] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Score hypotheses against references with sacrebleu (BLEU, chrF, TER) and print the signatures.
 
+    With several --hyp files: one table, and paired bootstrap resampling of each system against the first
+    (p-values, 95 % confidence intervals; * marks p < 0.05).
+
     Example: seqtool eval --hyp hyp.de --ref data/test.de
+
+    Example: seqtool eval --hyp baseline.de --hyp new.de --ref data/test.de
     """
-    from seqtool.data.corpus import read_parallel
+    from seqtool.data.corpus import read_lines, read_parallel
     from seqtool.evaluate import parse_metrics, score_corpus
 
     names = parse_metrics(metrics)
-    hyps, refs = read_parallel(hyp, ref)
+    if len(hyp) > 1:
+        from seqtool.compare import compare_systems, format_table
+
+        refs = read_lines(ref)
+        systems = [(str(path), read_lines(path)) for path in hyp]
+        rows, signatures = compare_systems(systems, refs, names, bootstrap)
+        if as_json:
+            payload = {
+                "systems": [{"name": r.name, **{m: vars(s) for m, s in r.scores.items()}} for r in rows],
+                "signatures": signatures,
+                "bootstrap_samples": bootstrap,
+            }
+            typer.echo(json.dumps(payload, ensure_ascii=False))
+            return
+        typer.echo(format_table(rows, names))
+        typer.echo(f"paired bootstrap resampling against {rows[0].name}: {bootstrap} resamples, 95 % CI")
+        for metric, signature in signatures.items():
+            typer.echo(f"  {metric} signature: {signature}")
+        return
+    hyps, refs = read_parallel(hyp[0], ref)
     scores = score_corpus(hyps, refs, names)
     if as_json:
         payload = {s.name: {"score": round(s.score, 4), "signature": s.signature} for s in scores}
@@ -386,6 +597,96 @@ def evaluate(
     for s in scores:
         typer.echo(s.text)
         typer.echo(f"  signature: {s.signature}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# inspection: info, plot, attention
+
+
+@app.command()
+def info(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `seqtool train`.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Show what a run holds: architecture, parameters, vocabulary, steps, best dev BLEU, config vs defaults.
+
+    Example: seqtool info runs/demo
+    """
+    from seqtool.run_info import format_info, info_json, run_info
+
+    summary = run_info(run_dir)
+    typer.echo(info_json(summary) if as_json else format_info(summary))
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (one line each per panel).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Picture file: .png, .svg or .pdf.")] = Path(
+        "curves.png"
+    ),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+) -> None:
+    """Plot learning curves (training loss, dev loss, dev BLEU, learning rate against the update) from metrics.jsonl.
+
+    Needs matplotlib: pip install 'seqtool[plot]'.
+
+    Example: seqtool plot runs/gru runs/transformer -o curves.png
+    """
+    from seqtool.plot import plot_curves
+
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise DataError(f"run directory not found: {run_dir}")
+    _refuse_existing(output, overwrite)
+    plot_curves(run_dirs, output)
+    typer.echo(f"wrote {output}", err=True)
+
+
+@app.command()
+def attention(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `seqtool train`.")],
+    sentence: Annotated[str, typer.Argument(help="A source sentence (in quotes).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Picture file: .png, .svg or .pdf.")] = Path(
+        "attention.png"
+    ),
+    layer: Annotated[int, typer.Option(help="Transformer decoder layer (negative counts from the last).")] = -1,
+    head: Annotated[
+        int | None, typer.Option(help="Transformer attention head (default: the average over heads).", min=0)
+    ] = None,
+    beam: Annotated[int | None, typer.Option(help="Beam size (default: the config's decode.beam).", min=1)] = None,
+    checkpoint: Annotated[str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")] = "best",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+) -> None:
+    """Translate one sentence and draw its cross-attention as a heatmap (source pieces across, output pieces down).
+
+    Needs matplotlib: pip install 'seqtool[plot]'.
+
+    Example: seqtool attention runs/demo "Save the file before closing." -o attn.png
+    """
+    import torch
+
+    from seqtool.decode.attention_map import attention_map
+    from seqtool.decode.search import SearchConfig
+    from seqtool.plot import _pyplot, plot_attention
+    from seqtool.rundir import load_for_inference
+
+    _pyplot()  # fail before loading the model when matplotlib is missing
+    _refuse_existing(output, overwrite)
+    model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, torch.device("cpu"))
+    dc = cfg.decode
+    search_cfg = SearchConfig(
+        beam=beam or dc.beam, nbest=1, length_penalty=dc.length_penalty, max_len_a=dc.max_len_a, max_len_b=dc.max_len_b
+    )
+    amap = attention_map(model, tokenizer, sentence, search_cfg, layer, head)
+    which = ""
+    if cfg.model.kind == "transformer":
+        layers = cfg.model.decoder_layers
+        which = f" — decoder layer {layer % layers + 1} of {layers}, " + (
+            f"head {head + 1} of {cfg.model.heads}" if head is not None else "heads averaged"
+        )
+    plot_attention(amap.weights, amap.src_pieces, amap.tgt_pieces, output, f"{amap.translation}{which}")
+    typer.echo(amap.translation)
+    typer.echo(f"wrote {output}", err=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ class DataConfig:
         "strict", "invalid UTF-8 in the corpus: strict = an error naming file and line; replace = U+FFFD"
     )
     unk_warn: float = _opt(0.01, "warn when more than this share of dev pieces is <unk>", min=0.0, max=1.0)
+    cache_dir: str = _opt("", "where the encoded training corpus is cached (memory-mapped); empty = RUN_DIR/cache")
+    workers: int = _opt(0, "processes encoding the corpus into the cache; 0 = one per core", min=0)
 
 
 @dataclass
@@ -131,6 +133,9 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = _opt("fp32", "bf16 autocast (CPU with AVX-512 bf16/AMX, or GPU)")
     skip_nonfinite: bool = _opt(False, "skip an update whose loss is NaN/inf (else: stop with a clear error)")
     threads: int = _opt(0, "CPU threads for torch; 0 = torch's default", min=0)
+    tensorboard: bool = _opt(
+        False, "also write TensorBoard scalars to RUN_DIR/tensorboard (needs the tensorboard package)"
+    )
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,37 @@ def read_lines(path: str | Path, encoding_errors: str = "strict") -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()  # the final newline does not start another line
     return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def check_utf8(path: str | Path, block: int = 1 << 20) -> None:
+    """The error `read_lines` gives for invalid UTF-8 (file:line), from a streamed pass that holds no lines."""
+    path = Path(path)
+    check_readable(path)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines_before = 0
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(block):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    # the decoder may hold up to 3 bytes of the previous block; exc.start counts from them
+                    held = len(exc.object) - len(chunk)
+                    start = max(exc.start - held, 0)
+                    line = lines_before + chunk.count(b"\n", 0, start) + 1
+                    raise DataError(
+                        f"{path}:{line}: invalid UTF-8 (byte 0x{exc.object[exc.start]:02x})",
+                        "convert the file to UTF-8 (e.g. iconv), or pass --encoding-errors replace",
+                    ) from None
+                lines_before += chunk.count(b"\n")
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:  # a multi-byte sequence cut off by the end of the file
+        raise DataError(
+            f"{path}:{lines_before + 1}: invalid UTF-8 (byte 0x{exc.object[exc.start]:02x})",
+            "convert the file to UTF-8 (e.g. iconv), or pass --encoding-errors replace",
+        ) from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def read_parallel(

@@ -143,3 +143,17 @@ class Translator:
                 [Translation(clean_line(t), h.log_prob, h.score, cut) for t, h in zip(texts, nbest, strict=True)]
             )
         return out
+
+
+def format_translations(
+    results: Sequence[Sequence[Translation]], nbest: int = 1, scores: bool = False, first_line: int = 1
+) -> list[str]:
+    """Output lines: the best text per input line; with scores, `TEXT<TAB>LOG_PROB`; with nbest > 1, up to `nbest`
+    lines per input line as `LINE<TAB>TEXT<TAB>SCORE` (LINE counts input lines from `first_line`)."""
+    if nbest == 1:
+        return [f"{r[0].text}\t{r[0].log_prob:.4f}" if scores else r[0].text for r in results]
+    return [
+        f"{number}\t{t.text}\t{t.score:.4f}"
+        for number, nbest_list in enumerate(results, start=first_line)
+        for t in nbest_list[:nbest]
+    ]

@@ -91,6 +91,7 @@ class Seq2SeqModel(nn.Module, ABC):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     @torch.no_grad()
-    def attention_weights(self, src: Tensor, tgt_in: Tensor) -> Tensor | None:
-        """Cross-attention weights (batch, tgt_len, src_len) averaged over heads/layers, if the model has any."""
+    def attention_weights(self, src: Tensor, tgt_in: Tensor, layer: int = -1, head: int | None = None) -> Tensor | None:
+        """Cross-attention weights (batch, tgt_len, src_len), if the model has any (Transformer: of decoder `layer`,
+        one `head` or averaged over heads; models with a single attention ignore both)."""
         return None

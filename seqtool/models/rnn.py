@@ -196,7 +196,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         return self.output(self._readout(hidden, context, embedded)), self._with_hidden(state, final)
 
     @torch.no_grad()
-    def attention_weights(self, src: Tensor, tgt_in: Tensor) -> Tensor | None:
+    def attention_weights(self, src: Tensor, tgt_in: Tensor, layer: int = -1, head: int | None = None) -> Tensor | None:
         """Attention weights (batch, tgt_len, src_len), or None without attention."""
         if self.attention is None:
             return None

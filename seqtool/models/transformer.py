@@ -116,10 +116,14 @@ class DecoderLayer(_ResidualLayer):
         x = self._sublayer_output(x, self.cross_attn.attend(h, *memory_kv, src_mask), self.norm2)
         return self._sublayer_output(x, self.ffn(self._sublayer_input(x, self.norm3)), self.norm3), kv
 
-    def cross_attention_weights(self, x: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
-        """Head-averaged cross-attention weights (batch, tgt_len, src_len) of this layer for input x."""
+    def cross_attention_weights(
+        self, x: Tensor, memory: Tensor, src_mask: Tensor, average_heads: bool = True
+    ) -> Tensor:
+        """Cross-attention weights of this layer for input x: (batch, tgt_len, src_len) averaged over heads, or
+        (batch, heads, tgt_len, src_len)."""
         x, _ = self._self_attention_block(x, None)
-        return self.cross_attn.weights(self._sublayer_input(x, self.norm2), memory, src_mask)
+        query = self._sublayer_input(x, self.norm2)
+        return self.cross_attn.weights(query, memory, src_mask, average_heads=average_heads)
 
 
 class Transformer(Seq2SeqModel):
@@ -231,11 +235,16 @@ class Transformer(Seq2SeqModel):
         return logits, {**state, "pos": state["pos"] + 1, "layers": new_layers}
 
     @torch.no_grad()
-    def attention_weights(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Cross-attention weights (batch, tgt_len, src_len) of the last decoder layer, averaged over heads."""
+    def attention_weights(self, src: Tensor, tgt_in: Tensor, layer: int = -1, head: int | None = None) -> Tensor:
+        """Cross-attention weights (batch, tgt_len, src_len) of decoder `layer` (default: the last), of one `head`
+        or averaged over heads."""
+        layers = list(self.decoder_layers)
+        index = layer % len(layers)
+        if head is not None and not 0 <= head < layers[index].cross_attn.heads:
+            raise ValueError(f"head must be in 0..{layers[index].cross_attn.heads - 1}, got {head}")
         enc = self.encode(src)
         x = self._embed(tgt_in, self.tgt_embed)
-        *lower, last = self.decoder_layers
-        for layer in lower:
-            x, _ = layer(x, layer.cross_attn.project_kv(enc.memory), enc.src_mask)
-        return last.cross_attention_weights(x, enc.memory, enc.src_mask)
+        for lower in layers[:index]:
+            x, _ = lower(x, lower.cross_attn.project_kv(enc.memory), enc.src_mask)
+        weights = layers[index].cross_attention_weights(x, enc.memory, enc.src_mask, average_heads=head is None)
+        return weights if head is None else weights[:, head]

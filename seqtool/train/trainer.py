@@ -6,13 +6,15 @@ the run's train.log; figures go to metrics.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -20,11 +22,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
 from seqtool import __version__
 from seqtool.config import Config, config_diff, config_to_dict, dump_config
 from seqtool.data.batching import Batch, BatchSampler, make_batch
-from seqtool.data.corpus import filter_pairs, read_parallel
+from seqtool.data.corpus import check_utf8, read_parallel
+from seqtool.data.dataset import EncodedCorpus, check_line_counts, open_or_build
 from seqtool.decode.search import SearchConfig
 from seqtool.decode.translate import translate_ids
 from seqtool.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -42,9 +46,20 @@ from seqtool.runtime import (
 )
 from seqtool.tokenizer import Tokenizer, TokenizerSpec, train_sentencepiece
 from seqtool.train.checkpoint import atomic_write_text, average_checkpoint_files, load_checkpoint, save_checkpoint
+from seqtool.train.distributed import (
+    all_reduce,
+    barrier,
+    broadcast_flag,
+    context_from_env,
+    init_distributed,
+    is_peer_failure,
+    peer_failure,
+    shutdown,
+)
 from seqtool.train.loss import label_smoothed_nll
 from seqtool.train.optim import build_optimizer, build_scheduler
 
+SMALL_CORPUS_BYTES = 8_000_000  # below this, the corpus cache is encoded in one process
 MAX_SKIPPED_IN_A_ROW = 20  # with train.skip_nonfinite: this many bad updates in a row end the run
 
 
@@ -92,8 +107,8 @@ class TrainResult:
 class EncodedData:
     """Training (filtered) and dev pairs as piece ids."""
 
-    train_src: list[list[int]]
-    train_tgt: list[list[int]]
+    train_src: Sequence[Sequence[int]]  # memory-mapped id arrays (seqtool.data.dataset), indexable like lists
+    train_tgt: Sequence[Sequence[int]]
     dev_src: list[list[int]]
     dev_tgt: list[list[int]]
     dev_refs: list[str]
@@ -162,16 +177,14 @@ def _ensure_tokenizer(cfg: Config, run: RunDir, log: Any) -> Tokenizer:
 
 @dataclass
 class RawData:
-    """The corpus text, read (and checked) before anything is trained on it."""
+    """The dev text, read (and checked) before anything is trained; the training files are checked, not held."""
 
-    train_src: list[str]
-    train_tgt: list[str]
     dev_src: list[str]
     dev_tgt: list[str]
 
 
 def _read_data(cfg: Config) -> RawData:
-    """Read and check the training and dev files (line counts, encoding) before the tokenizer is trained."""
+    """Check the training files (existence, line counts, UTF-8, streamed) and read the dev files, before any set-up."""
     for key in ("train_src", "train_tgt", "dev_src", "dev_tgt"):
         name = getattr(cfg.data, key)
         if name and not Path(name).exists():
@@ -179,14 +192,17 @@ def _read_data(cfg: Config) -> RawData:
                 f"data.{key}: file not found: {name}", "paths in a config are relative to the current directory"
             )
     errors = cfg.data.encoding_errors
-    train_src, train_tgt = read_parallel(cfg.data.train_src, cfg.data.train_tgt, errors)
+    check_line_counts(Path(cfg.data.train_src), Path(cfg.data.train_tgt))
+    if errors == "strict":
+        check_utf8(cfg.data.train_src)
+        check_utf8(cfg.data.train_tgt)
     dev_src: list[str] = []
     dev_tgt: list[str] = []
     if cfg.data.dev_src:
         dev_src, dev_tgt = read_parallel(cfg.data.dev_src, cfg.data.dev_tgt, errors)
         if cfg.train.eval_max_sentences:
             dev_src, dev_tgt = dev_src[: cfg.train.eval_max_sentences], dev_tgt[: cfg.train.eval_max_sentences]
-    return RawData(train_src, train_tgt, dev_src, dev_tgt)
+    return RawData(dev_src, dev_tgt)
 
 
 def unk_rate(ids: list[list[int]], unk: int) -> float:
@@ -195,17 +211,41 @@ def unk_rate(ids: list[list[int]], unk: int) -> float:
     return sum(seq.count(unk) for seq in ids) / total if total else 0.0
 
 
-def _encode_data(cfg: Config, raw: RawData, tokenizer: Tokenizer, log: Any) -> EncodedData:
-    src_ids = tokenizer.src.encode(raw.train_src)
-    tgt_ids = tokenizer.tgt.encode(raw.train_tgt)
-    keep, report = filter_pairs(src_ids, tgt_ids, cfg.data.max_len, cfg.data.max_ratio)
-    log(f"training data: {report.summary()}")
-    if not keep:
+def cache_workers(cfg: Config) -> int:
+    """Encoding processes for the corpus cache: data.workers, else one per core; one for small corpora (a pool's
+    start-up costs more than it saves below a few MB)."""
+    size = sum(Path(p).stat().st_size for p in (cfg.data.train_src, cfg.data.train_tgt))
+    if size < SMALL_CORPUS_BYTES:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cfg.data.workers or cores
+
+
+def encoded_corpus(cfg: Config, run: RunDir, tokenizer: Tokenizer, log: Any) -> EncodedCorpus:
+    """The training corpus as memory-mapped ids from the on-disk cache, built (in parallel) when missing or stale."""
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run.root / "cache"
+    corpus, report, built = open_or_build(
+        cache_dir,
+        cfg.data.train_src,
+        cfg.data.train_tgt,
+        tokenizer.src.path,
+        None if tokenizer.joint else tokenizer.tgt.path,
+        cfg.data.max_len,
+        cfg.data.max_ratio,
+        workers=cache_workers(cfg),
+        encoding_errors=cfg.data.encoding_errors,
+    )
+    log(f"training data: {report.summary()}; encoded cache {'built' if built else 'reused'} in {cache_dir}")
+    if len(corpus) == 0:
         raise DataError(
             f"no training pairs left after filtering {cfg.data.train_src} / {cfg.data.train_tgt}",
             "check the files, or raise data.max_len",
         )
-    data = EncodedData([src_ids[i] for i in keep], [tgt_ids[i] for i in keep], [], [], raw.dev_tgt)
+    return corpus
+
+
+def _encode_data(cfg: Config, raw: RawData, corpus: EncodedCorpus, tokenizer: Tokenizer, log: Any) -> EncodedData:
+    data = EncodedData(corpus.src_seqs, corpus.tgt_seqs, [], [], raw.dev_tgt)
     if raw.dev_src:
         data.dev_src = tokenizer.src.encode(raw.dev_src)
         data.dev_tgt = tokenizer.tgt.encode(raw.dev_tgt)
@@ -223,6 +263,16 @@ def _encode_data(cfg: Config, raw: RawData, tokenizer: Tokenizer, log: Any) -> E
                     "(another language or script?); check tokenizer.model or raise tokenizer.character_coverage"
                 )
     return data
+
+
+def _tensorboard_writer(run: RunDir, log: Any) -> Any:
+    """A SummaryWriter on RUN_DIR/tensorboard, or None (with a message) when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log("train.tensorboard is on but the tensorboard package is missing (pip install 'seqtool[tensorboard]')")
+        return None
+    return SummaryWriter(log_dir=str(run.root / "tensorboard"))
 
 
 @contextmanager
@@ -284,7 +334,8 @@ class Trainer:
         if not cfg.data.train_src or not cfg.data.train_tgt:
             raise ConfigError("data.train_src and data.train_tgt are required to train")
         self.run = RunDir(Path(run_dir))
-        self.reporter = reporter or NullReporter()
+        self.dist = context_from_env()  # rank 0 alone writes the run directory, logs and shows progress
+        self.reporter = (reporter or NullReporter()) if self.dist.is_main else NullReporter()
         self.resume = resume
         if resume and self.run.config.exists():
             stored = read_run_config(self.run)
@@ -292,18 +343,26 @@ class Trainer:
             if changes:
                 self.log("the given config differs from the stored run: " + "; ".join(changes))
         raw = _read_data(cfg)  # bad data fails here, before anything is written
-        _prepare_run_dir(self.run, resume, overwrite)
+        if self.dist.is_main:
+            _prepare_run_dir(self.run, resume, overwrite)
         self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
+        self.dist, self.device = init_distributed(resolve_device(cfg.train.device))
         set_threads(cfg.train.threads)
         limit_onednn_cache()
         self.precision = cfg.train.precision
         if self.precision == "bf16" and not bf16_supported(self.device):
             self.log(f"bf16 is not supported on this {self.device.type} device: training in fp32")
             self.precision = "fp32"
-        self.tokenizer = _ensure_tokenizer(cfg, self.run, self.log)
-        self.data = _encode_data(cfg, raw, self.tokenizer, self.log)
-        atomic_write_text(self.run.config, dump_config(cfg))  # written last: its presence marks a started run
+        if self.dist.is_main:
+            self.tokenizer = _ensure_tokenizer(cfg, self.run, self.log)
+            self.corpus = encoded_corpus(cfg, self.run, self.tokenizer, self.log)
+        barrier(self.dist)  # the other ranks open the tokenizer and the corpus cache rank 0 prepared
+        if not self.dist.is_main:
+            self.tokenizer = Tokenizer.load(*self.run.tokenizer_paths(cfg.tokenizer.joint))
+            self.corpus = encoded_corpus(cfg, self.run, self.tokenizer, self.log)
+        self.data = _encode_data(cfg, raw, self.corpus, self.tokenizer, self.log)
+        if self.dist.is_main:
+            atomic_write_text(self.run.config, dump_config(cfg))  # written last: its presence marks a started run
         seed_everything(cfg.seed)
         self.specials = self.tokenizer.specials
         self.model: Seq2SeqModel = build_model(
@@ -311,12 +370,7 @@ class Trainer:
         ).to(self.device)
         self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
-        self.sampler = BatchSampler(
-            [len(s) for s in self.data.train_src],
-            [len(t) for t in self.data.train_tgt],
-            cfg.train.batch_tokens,
-            cfg.seed,
-        )
+        self.sampler = BatchSampler(self.corpus.src_lengths, self.corpus.tgt_lengths, cfg.train.batch_tokens, cfg.seed)
         self.step = 0
         self.best_bleu: float | None = None
         self.stale_evals = 0
@@ -325,29 +379,45 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=self.device)
         self.nll_sum = torch.zeros((), device=self.device)
         self.last_eval: dict[str, float] | None = None
+        self.tensorboard = _tensorboard_writer(self.run, self.log) if cfg.train.tensorboard else None
         if resume:
             self._restore(self.run.checkpoint("last"))
         elif init_from is not None:
             state = load_checkpoint(init_from)
             load_model_weights(self.model, state["model"], Path(init_from))
             self.log(f"initialised the weights from {init_from}")
+        # the module that trains: DistributedDataParallel over the ranks of a torchrun job, else the model itself
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        processes = f", {self.dist.world_size} processes" if self.dist.enabled else ""
         self.log(
             f"model: {cfg.model.kind}, {self.model.num_parameters():,} parameters; device {self.device}, "
-            f"{self.precision}; {self.sampler.batches_per_epoch} batches per epoch, "
+            f"{self.precision}{processes}; {self.sampler.batches_per_epoch} batches per epoch, "
             f"padding {self.sampler.padding_fraction():.1%}"
         )
 
     # -- logging ------------------------------------------------------------------------------------------------------
     def log(self, text: str) -> None:
-        """A message for the user and the run's train.log."""
+        """A message for the user and the run's train.log (from rank 0 only)."""
+        if not self.dist.is_main:
+            return
         self.reporter.message(text)
         self.run.root.mkdir(parents=True, exist_ok=True)
         with open(self.run.log, "a", encoding="utf-8") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
     def _metrics(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with open(self.run.metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key not in ("type", "step") and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(f"{record['type']}/{key}", value, record["step"])
+            self.tensorboard.flush()
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
     def _checkpoint_state(self, full: bool) -> dict[str, Any]:
@@ -372,6 +442,8 @@ class Trainer:
         return state
 
     def _save_last(self) -> None:
+        if not self.dist.is_main:
+            return
         self._check_finite()
         save_checkpoint(self.run.checkpoint("last"), self._checkpoint_state(full=True))
 
@@ -390,7 +462,7 @@ class Trainer:
 
     def _truncate_metrics(self) -> None:
         """Drop metrics logged after the checkpoint (a run killed after its last save logged steps that will rerun)."""
-        if not self.run.metrics.exists():
+        if not self.dist.is_main or not self.run.metrics.exists():
             return
         lines = self.run.metrics.read_text(encoding="utf-8").splitlines(keepends=True)
         kept = []
@@ -404,6 +476,8 @@ class Trainer:
             atomic_write_text(self.run.metrics, "".join(kept))
 
     def _save_step(self) -> None:
+        if not self.dist.is_main:
+            return
         self._check_finite()
         save_checkpoint(self.run.checkpoint(f"step_{self.step}"), self._checkpoint_state(full=False))
         keep = self.cfg.train.keep_last
@@ -413,6 +487,8 @@ class Trainer:
 
     def _average_last(self, n: int) -> None:
         """Average the newest n step checkpoints into averaged.pt; it becomes best.pt if its dev BLEU is higher."""
+        if not self.dist.is_main:
+            return
         paths = self.run.step_checkpoints()[-n:]
         if len(paths) < 2:
             self.log(f"average_last: only {len(paths)} step checkpoint(s), nothing to average")
@@ -477,6 +553,8 @@ class Trainer:
         }
 
     def _validate_and_save(self) -> None:
+        if not self.dist.is_main:  # the other ranks wait for it in their next collective
+            return
         self._check_finite()
         if self.data.dev_src:
             self.last_eval = self.evaluate()
@@ -509,11 +587,9 @@ class Trainer:
         try:
             with _stop_on_signals(flag):
                 while self.step < tcfg.max_steps:
-                    if flag["stop"]:
-                        stop_reason = "interrupted"
-                        break
-                    if time.monotonic() >= deadline:
-                        stop_reason = "max_minutes"
+                    reason = self._agreed_stop(flag["stop"], time.monotonic() >= deadline)
+                    if reason:
+                        stop_reason = reason
                         break
                     window_tokens += self._update(self._next_batches(batches, tcfg.accum_steps))
                     self.reporter.advance(self.step)
@@ -526,7 +602,7 @@ class Trainer:
                         self._validate_and_save()
                         last_saved = self.step
                         window_start = time.monotonic()  # validation time is not training throughput
-                        if self._out_of_patience():
+                        if broadcast_flag(self._out_of_patience(), self.dist):
                             stop_reason = "patience"
                             break
                 if stop_reason == "interrupted":
@@ -541,8 +617,13 @@ class Trainer:
                         self._validate_and_save()
                     if tcfg.average_last:
                         self._average_last(tcfg.average_last)
+        except RuntimeError as exc:
+            if self.dist.enabled and is_peer_failure(exc):  # DDP's gradient all-reduce lost a peer
+                raise peer_failure(exc) from None
+            raise
         finally:
             self.reporter.close()
+            shutdown(self.dist)
         if stop_reason != "interrupted":
             self.log(f"finished at step {self.step} ({stop_reason})")
         return TrainResult(self.run.root, self.step, stop_reason, self.best_bleu, self.last_eval)
@@ -555,16 +636,21 @@ class Trainer:
         tcfg = self.cfg.train
         update_loss = torch.zeros((), device=self.device)
         update_nll = torch.zeros((), device=self.device)
-        for batch in group:
+        # DDP averages gradients over the ranks; each rank's loss is already a share of the global update's sum
+        scale = float(self.dist.world_size)
+        for index, batch in enumerate(group):
             keep = batch.tgt_out != self.specials.pad  # logits and loss only at real target positions
-            with autocast(self.device, self.precision):
-                logits = self.model(batch.src, batch.tgt_in, keep)
-            loss, nll = label_smoothed_nll(logits, batch.tgt_out[keep], self.specials.pad, tcfg.label_smoothing)
-            # normalised by the tokens of the whole update, so N accumulated batches = one big batch
-            (loss / batch.update_tokens).backward()
+            last = index == len(group) - 1
+            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
+            with sync:
+                with autocast(self.device, self.precision):
+                    logits = self.train_model(batch.src, batch.tgt_in, keep)
+                loss, nll = label_smoothed_nll(logits, batch.tgt_out[keep], self.specials.pad, tcfg.label_smoothing)
+                # normalised by the tokens of the whole update, so N accumulated batches = one big batch
+                (loss * (scale / batch.update_tokens)).backward()
             update_loss += loss.detach()  # kept on the device: no host sync until the next log line
             update_nll += nll.detach()
-        if tcfg.skip_nonfinite and not bool(torch.isfinite(update_loss)):  # a host sync, only with this option
+        if tcfg.skip_nonfinite and not self._finite_everywhere(update_loss):  # a host sync, only with this option
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_updates += 1
             self.skipped_in_a_row += 1
@@ -584,7 +670,21 @@ class Trainer:
         self.step += 1
         self.loss_sum += update_loss
         self.nll_sum += update_nll
-        return sum(batch.tgt_tokens for batch in group)
+        return group[0].update_tokens  # target tokens of the whole update, every rank's share included
+
+    def _finite_everywhere(self, loss: Tensor) -> bool:
+        """Whether the update's loss is finite on every rank (all ranks must skip the same updates)."""
+        bad = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0])
+        return all_reduce(bad, self.dist, op="max").item() == 0.0
+
+    def _agreed_stop(self, interrupted: bool, out_of_time: bool) -> str | None:
+        """Why to stop before the next update, the same on every rank (a signal or the clock may reach one first)."""
+        flags = torch.tensor([float(interrupted), float(out_of_time)])
+        if self.dist.enabled:
+            all_reduce(flags, self.dist, op="max")
+        if flags[0]:
+            return "interrupted"
+        return "max_minutes" if flags[1] else None
 
     def _check_finite(self) -> None:
         """Refuse to save a model whose parameters are NaN/inf (it would replace a good checkpoint)."""
@@ -598,17 +698,24 @@ class Trainer:
         )
 
     def _next_batches(self, batches: Iterator[list[int]], count: int) -> list[Batch]:
-        """The `count` batches of one update, on the device, each knowing the update's total target tokens."""
+        """This rank's `count` batches of one update, on the device, each knowing the update's total target tokens.
+
+        An update takes count × world_size batches from the (identical on every rank) sampler; rank r trains on
+        batches r, r + world_size, ... So N processes with accum_steps A see what one process with accum_steps N × A
+        sees, batch for batch.
+        """
         src, tgt = self.data.train_src, self.data.train_tgt
-        group = [
-            make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials) for idx in islice(batches, count)
-        ]
-        total = sum(b.tgt_tokens for b in group)
+        world, rank = self.dist.world_size, self.dist.rank
+        update = list(islice(batches, count * world))
+        total = sum(len(tgt[i]) + 1 for idx in update for i in idx)  # + </s>
+        group = [make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials) for idx in update[rank::world]]
         for b in group:
             b.update_tokens = total
         return [b.to(self.device) for b in group]
 
     def _log_train(self, tokens: int, seconds: float, started: float) -> None:
+        all_reduce(self.loss_sum, self.dist)  # the other ranks' shares of the interval
+        all_reduce(self.nll_sum, self.dist)
         loss = float(self.loss_sum) / max(tokens, 1)  # one host sync per log interval
         nll = float(self.nll_sum) / max(tokens, 1)
         self.loss_sum.zero_()
@@ -642,3 +749,22 @@ class Trainer:
 def train(cfg: Config, run_dir: Path, **kwargs: Any) -> TrainResult:
     """Set up a run directory (or resume one) and train; see `Trainer`."""
     return Trainer(cfg, run_dir, **kwargs).fit()
+
+
+def prepare(cfg: Config, run_dir: Path, log: Any) -> EncodedCorpus:
+    """Check the data, train the tokenizer where the config names one that does not exist yet, and build the encoded
+    corpus cache: what `seqtool train` would do first, ahead of time (e.g. before a multi-node run)."""
+    named = cfg.tokenizer.model if cfg.tokenizer.joint else cfg.tokenizer.src_model and cfg.tokenizer.tgt_model
+    if not named:
+        raise ConfigError(
+            "seqtool prepare needs the tokenizer's file named in the config (tokenizer.model, or src_model and "
+            "tgt_model when joint is false)",
+            "name the file to use or to create, e.g. --set tokenizer.model=data/spm.model",
+        )
+    raw = _read_data(cfg)
+    run = RunDir(Path(run_dir))
+    run.root.mkdir(parents=True, exist_ok=True)
+    tokenizer = _ensure_tokenizer(cfg, run, log)
+    corpus = encoded_corpus(cfg, run, tokenizer, log)
+    log(f"dev data: {len(raw.dev_src)} pairs" if raw.dev_src else "no dev data")
+    return corpus

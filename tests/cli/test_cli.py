@@ -231,3 +231,20 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     loud = seqtool("--debug", "eval", "--hyp", str(tmp_path / "nope"), "--ref", str(tmp_path / "nope"))
     assert "Traceback" not in quiet.stderr and "Traceback" in loud.stderr and "DataError" in loud.stderr
     assert loud.returncode != 0
+
+
+def test_prepare_builds_the_cache_that_train_reuses(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
+    config = write_config(tmp_path / "p.yaml", tiny_corpus, "transformer", tokenizer=str(tmp_path / "spm.model"),
+                          max_steps=2, eval_every=2)  # fmt: skip
+    cache = tmp_path / "cache"
+    prepared = seqtool("prepare", str(config), "--set", f"data.cache_dir={cache}", "--run-dir", str(tmp_path / "r"))
+    assert prepared.returncode == 0, prepared.stderr
+    assert "ready: 600 training pairs" in prepared.stderr and (tmp_path / "spm.model").is_file()
+    built = sorted(cache.glob("corpus-*"))
+    assert len(built) == 1 and (built[0] / "manifest.json").is_file()
+    trained = seqtool("train", str(config), "--set", f"data.cache_dir={cache}", "--run-dir", str(tmp_path / "r"))
+    assert trained.returncode == 0, trained.stderr
+    assert "encoded cache reused" in (tmp_path / "r" / "train.log").read_text(encoding="utf-8")
+    assert sorted(cache.glob("corpus-*")) == built
+    unnamed = write_config(tmp_path / "u.yaml", tiny_corpus, "transformer")
+    assert_user_error(seqtool("prepare", str(unnamed)), "tokenizer.model")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,51 @@ def test_unwritable_output_is_a_user_error(run_dir: Path, tmp_path: Path) -> Non
     assert result.returncode == 2 and b"Traceback" not in result.stderr
     assert result.stderr.decode().startswith(f"error: cannot write {tmp_path / 'adir'}: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
+
+
+def test_nbest_and_scores(run_dir: Path) -> None:
+    lines = ["Open the file", "", "Save all documents"]
+    stdin = "\n".join(lines).encode() + b"\n"
+    best = output_lines(translate(run_dir, "--beam", "4", stdin=stdin))
+    nbest = output_lines(translate(run_dir, "--beam", "4", "--nbest", "3", stdin=stdin))
+    rows = [line.split("\t") for line in nbest]
+    assert all(len(r) == 3 for r in rows)
+    numbers = [int(r[0]) for r in rows]
+    assert numbers == sorted(numbers) and set(numbers) == {1, 2, 3}
+    assert numbers.count(1) == 3 and numbers.count(3) == 3  # the empty line has a single (empty) translation
+    for number in (1, 3):
+        group = [r for r in rows if int(r[0]) == number]
+        assert group[0][1] == best[number - 1]  # the first of the n-best list is the 1-best output
+        group_scores = [float(r[2]) for r in group]
+        assert group_scores == sorted(group_scores, reverse=True)
+    scored = output_lines(translate(run_dir, "--beam", "4", "--scores", stdin=stdin))
+    assert [s.split("\t")[0] for s in scored] == best
+    assert all(float(s.split("\t")[1]) <= 0.0 for s in scored)
+    widened = translate(run_dir, "--beam", "1", "--nbest", "2", stdin=b"Open the file\n")
+    assert len(output_lines(widened)) == 2 and b"using --beam 2" in widened.stderr
+
+
+def test_stream_answers_each_line_before_the_next_arrives(run_dir: Path) -> None:
+    batch = output_lines(translate(run_dir, stdin=b"Open the file\nSave all documents\n"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seqtool", "translate", str(run_dir), "--threads", "1", "--stream"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        answers = []
+        for line in (b"Open the file\n", b"Save all documents\n"):
+            proc.stdin.write(line)
+            proc.stdin.flush()  # stdin stays open: only a line-by-line answer can arrive now
+            ready, _, _ = select.select([proc.stdout], [], [], 120)
+            assert ready, "no answer within 120 s while the input stayed open"
+            answers.append(proc.stdout.readline().decode("utf-8").rstrip("\n"))
+        proc.stdin.close()
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    assert answers == batch
+    bad = translate(run_dir, "--stream", "-i", "x.txt")
+    assert bad.returncode == 2 and b"--stream reads stdin" in bad.stderr

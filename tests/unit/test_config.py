@@ -1,4 +1,4 @@
-"""The YAML schema: defaults, strict keys with places, types, ranges, overrides, recipes."""
+"""The YAML schema: defaults, strict keys with places, types, ranges, overrides (recipes: test_recipes.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from seqtool.config import (
     load_config,
 )
 from seqtool.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -102,9 +100,3 @@ def test_every_key_has_help() -> None:
     keys = list(iter_fields())
     assert len(keys) > 40
     assert all(help_text for _, _, help_text in keys)
-
-
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
-def test_every_recipe_loads(recipe: Path) -> None:
-    cfg = load_config(recipe)
-    assert cfg.data.train_src and cfg.data.train_tgt

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -61,10 +63,14 @@ def test_bucket_batches_respect_budget_and_cover_everything() -> None:
     rng = random.Random(0)
     src = [rng.randint(1, 40) for _ in range(500)]
     tgt = [rng.randint(1, 40) for _ in range(500)]
-    batches = bucket_batches(src, tgt, 400, random.Random(1))
+    batches = bucket_batches(src, tgt, 400, np.random.default_rng(1))
     assert sorted(i for b in batches for i in b) == list(range(500))
     for b in batches:
         assert len(b) == 1 or len(b) * max(max(src[i], tgt[i]) + 1 for i in b) <= 400
+    # maximal: the batches come in sorted order, and adding the next pair to a batch would break the budget
+    for batch, following in itertools.pairwise(batches):
+        nxt = int(following[0])
+        assert (len(batch) + 1) * (max(src[nxt], tgt[nxt]) + 1) > 400
 
 
 def test_sampler_resumes_exactly() -> None:
@@ -73,14 +79,14 @@ def test_sampler_resumes_exactly() -> None:
     tgt = [rng.randint(1, 30) for _ in range(300)]
     full = BatchSampler(src, tgt, 200, seed=5)
     stream = iter(full)
-    expected = [next(stream) for _ in range(200)]  # spans several epochs
+    expected = [next(stream).tolist() for _ in range(200)]  # spans several epochs
     first = BatchSampler(src, tgt, 200, seed=5)
     it = iter(first)
-    head = [next(it) for _ in range(77)]
+    head = [next(it).tolist() for _ in range(77)]
     resumed = BatchSampler(src, tgt, 200, seed=5)
     resumed.load_state_dict(first.state_dict())
     it2 = iter(resumed)
-    assert head + [next(it2) for _ in range(123)] == expected
+    assert head + [next(it2).tolist() for _ in range(123)] == expected
     assert 0.0 <= full.padding_fraction() < 0.5
 
 

@@ -96,3 +96,17 @@ def test_keep_last_and_average_last(tiny_corpus: dict[str, Path], spm_model: Pat
     assert averaged["averaged"] == ["step_4.pt", "step_6.pt"]
     key = next(k for k in s4 if s4[k].is_floating_point() and not torch.equal(s4[k], s6[k]))
     assert torch.allclose(averaged["model"][key], (s4[key] + s6[key]) / 2)
+
+
+def test_tensorboard_scalars_or_a_clear_message(tiny_corpus: dict[str, Path], spm_model: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tiny_corpus, spm_model, max_steps=4, eval_every=4, tensorboard=True)
+    Trainer(cfg, tmp_path / "run").fit()
+    log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        assert "tensorboard package is missing" in log and "seqtool[tensorboard]" in log
+        assert not (tmp_path / "run" / "tensorboard").exists()
+    else:
+        events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+        assert events and events[0].stat().st_size > 100

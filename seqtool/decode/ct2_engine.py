@@ -1,0 +1,212 @@
+"""The CTranslate2 engine: `seqtool translate --engine ctranslate2` on a model written by `seqtool export`.
+
+Same contract as `Translator` in translate.py (same tokenizer, `clean_line`, truncation, one line in = one line out,
+token-budget batches sorted by length), with CTranslate2's search instead of ours. Where the two differ:
+
+- Maximum length: CTranslate2 takes one `max_decoding_length` per call, so each length-sorted batch gets
+  floor(a * its longest source + b) (source lengths counting </s>, as ours do); a hypothesis longer than its own
+  sentence's limit is then cut to it and rescored with </s> appended (CTranslate2's `score_batch`), which is what
+  our search does when it forces </s> at the limit. Greedy outputs are therefore the same as ours.
+- Length penalty: CTranslate2 ranks beam hypotheses by log_prob / n ** alpha, with n the number of generated
+  tokens (</s> included), not by our GNMT ((5 + n) / 6) ** alpha; alpha is passed through unchanged.
+- Log-probabilities: CTranslate2 renormalises the softmax after suppressing <s> and <pad>, ours does not; the
+  difference is the tiny probability mass of those two tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seqtool.decode.search import SearchConfig
+from seqtool.decode.translate import Translation, clean_line, length_batches
+from seqtool.errors import CheckpointError, ConfigError, SeqtoolError, check
+from seqtool.export.ctranslate2 import MIN_POSITIONS, check_exported, import_ctranslate2, vocabulary
+from seqtool.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from seqtool.config import Config
+
+DEVICES = ("cpu", "cuda")
+
+
+def resolve_ct2_device(name: str) -> str:
+    """seqtool's --device -> CTranslate2's: auto -> cuda when CTranslate2 sees a GPU, else cpu; no mps."""
+    ct2 = import_ctranslate2()
+    gpus = ct2.get_cuda_device_count()
+    if name == "auto":
+        return "cuda" if gpus > 0 else "cpu"
+    if name == "cuda" and gpus == 0:
+        raise SeqtoolError("device 'cuda' requested but CTranslate2 sees no CUDA device", "use --device cpu or auto")
+    if name not in DEVICES:
+        raise SeqtoolError(f"CTranslate2 does not run on {name!r}", f"use --device {' or '.join(DEVICES)}")
+    return name
+
+
+class EngineError(SeqtoolError):
+    """CTranslate2 failed while translating."""
+
+    exit_code = 1
+
+
+class CTranslate2Translator:
+    """A CTranslate2 model directory and the run's tokenizer, turning text lines into translations."""
+
+    def __init__(self, model_dir: Path, tokenizer: Tokenizer, device: str = "cpu", threads: int = 0) -> None:
+        ct2 = import_ctranslate2()
+        check(device in DEVICES, f"unknown CTranslate2 device {device!r}", f"choose one of {', '.join(DEVICES)}")
+        meta = check_exported(model_dir, tokenizer)
+        self.positions: int = int(meta.get("positions", MIN_POSITIONS))
+        self.tokenizer = tokenizer
+        self.src_vocab = vocabulary(tokenizer.src)
+        tgt_vocab = self.tgt_vocab = vocabulary(tokenizer.tgt)
+        self.tgt_index = {piece: i for i, piece in enumerate(tgt_vocab)}
+        sp = tokenizer.specials
+        self.eos_token = tgt_vocab[sp.eos]
+        self.suppress = [[tgt_vocab[sp.bos]], [tgt_vocab[sp.pad]]]  # our search never emits these either
+        try:
+            self.translator = ct2.Translator(str(model_dir), device=device, intra_threads=threads)
+        except (RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"CTranslate2 cannot load {model_dir}: {exc}") from None
+
+    def translate(
+        self,
+        lines: Sequence[str],
+        cfg: SearchConfig,
+        batch_tokens: int = 4000,
+        max_input_len: int | None = None,
+    ) -> list[list[Translation]]:
+        """Translate lines; each gets its n-best list (one empty Translation for an empty line), in input order.
+
+        As `Translator.translate`: lines go through `clean_line`, a line of more than `max_input_len` source pieces
+        is cut to that many (its translations marked `truncated`), and translations go through `clean_line` too.
+        """
+        check(
+            max_input_len is None or max_input_len >= 1,
+            f"max_input_len must be at least 1, got {max_input_len}",
+            kind=ConfigError,
+        )
+        check(1 <= cfg.nbest <= cfg.beam, f"nbest must be between 1 and beam ({cfg.beam})", kind=ConfigError)
+        src_ids = self.tokenizer.src.encode(clean_line(line) for line in lines)
+        truncated = [max_input_len is not None and len(ids) > max_input_len for ids in src_ids]
+        src_ids = [ids[:max_input_len] for ids in src_ids]
+        longest = max((len(ids) for ids in src_ids), default=0)
+        if longest + 1 > self.positions:
+            raise ConfigError(
+                f"an input line has {longest} pieces; this CTranslate2 model has positions for {self.positions - 1}",
+                f"pass --max-input-len {self.positions - 1} (longer lines are then truncated)",
+            )
+        hyps: list[list[tuple[list[int], float, float]]] = [[] for _ in src_ids]
+        todo = [i for i, ids in enumerate(src_ids) if ids]
+        for batch in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam):
+            rows = [todo[j] for j in batch]
+            for row, nbest in zip(rows, self._search([src_ids[i] for i in rows], cfg), strict=True):
+                hyps[row] = nbest
+        out: list[list[Translation]] = []
+        for nbest, cut in zip(hyps, truncated, strict=True):
+            if not nbest:
+                out.append([Translation("", 0.0, 0.0)])
+                continue
+            texts = self.tokenizer.tgt.decode([tokens for tokens, _, _ in nbest])
+            out.append(
+                [Translation(clean_line(t), lp, score, cut) for t, (_, lp, score) in zip(texts, nbest, strict=True)]
+            )
+        return out
+
+    def _search(self, sources: list[list[int]], cfg: SearchConfig) -> list[list[tuple[list[int], float, float]]]:
+        """(tokens, log_prob, score) n-best lists, best first, for one batch of source ids (without </s>)."""
+        # our limit: floor(a * src_len + b) target tokens before </s>, src_len counting the </s> of the source
+        limits = [max(0, math.floor(cfg.max_len_a * (len(ids) + 1) + cfg.max_len_b)) for ids in sources]
+        pieces = [[self.src_vocab[i] for i in ids] for ids in sources]
+        alpha = cfg.length_penalty if cfg.beam > 1 else 0.0  # our greedy search does not normalise its score
+        try:
+            results = self.translator.translate_batch(
+                pieces,
+                beam_size=cfg.beam,
+                num_hypotheses=cfg.nbest,
+                length_penalty=alpha,
+                max_input_length=0,  # truncation is ours (max_input_len), done before
+                max_decoding_length=max(1, min(max(limits), self.positions)),
+                min_decoding_length=0,
+                suppress_sequences=self.suppress,
+                return_end_token=True,
+                return_scores=True,
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(f"CTranslate2 failed: {exc}") from None
+        nbests: list[list[tuple[list[int], float, float]]] = []
+        rescore: list[tuple[int, int, list[int]]] = []  # (sentence, rank, tokens) cut to their sentence's limit
+        for s, (result, limit) in enumerate(zip(results, limits, strict=True)):
+            nbest = []
+            for rank, (tokens, score) in enumerate(zip(result.hypotheses, result.scores, strict=True)):
+                ended = bool(tokens) and tokens[-1] == self.eos_token
+                ids = [self.tgt_index[t] for t in (tokens[:-1] if ended else tokens)]
+                generated = len(ids) + ended
+                log_prob = score * generated**alpha if generated else 0.0
+                if len(ids) >= limit:  # at (or past) the limit: ours would force </s> here
+                    ids = ids[:limit]
+                    rescore.append((s, rank, ids))
+                nbest.append((ids, log_prob, score))
+            nbests.append(nbest)
+        if rescore:
+            self._rescore(pieces, rescore, nbests, alpha)
+        return [_unique(nbest) for nbest in nbests]
+
+    def _rescore(
+        self,
+        pieces: list[list[str]],
+        rescore: list[tuple[int, int, list[int]]],
+        nbests: list[list[tuple[list[int], float, float]]],
+        alpha: float,
+    ) -> None:
+        """Log-probability of `tokens </s>` for hypotheses cut at their limit; their sentence's n-best is re-sorted."""
+        targets = [[self.tgt_vocab[i] for i in ids] for _, _, ids in rescore]
+        try:
+            scored = self.translator.score_batch([pieces[s] for s, _, _ in rescore], targets, max_input_length=0)
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(f"CTranslate2 failed: {exc}") from None
+        touched = set()
+        for (s, rank, ids), result in zip(rescore, scored, strict=True):
+            log_prob = float(sum(result.log_probs))  # the tokens and </s>
+            nbests[s][rank] = (ids, log_prob, log_prob / (len(ids) + 1) ** alpha)
+            touched.add(s)
+        for s in touched:
+            nbests[s].sort(key=lambda hyp: -hyp[2])
+
+
+def _unique(nbest: list[tuple[list[int], float, float]]) -> list[tuple[list[int], float, float]]:
+    """The n-best list without repeats (hypotheses that differed only past the length limit), best first."""
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    for hyp in nbest:
+        if tuple(hyp[0]) not in seen:
+            seen.add(tuple(hyp[0]))
+            out.append(hyp)
+    return out
+
+
+def load_ct2_translator(
+    run_dir: Path, model_dir: Path | None = None, device: str = "cpu", threads: int = 0
+) -> tuple[CTranslate2Translator, Config]:
+    """The CTranslate2 translator of a run (model in `model_dir`, default RUN_DIR/ctranslate2) and the run's config."""
+    from seqtool.rundir import RunDir, read_run_config
+
+    run = RunDir(Path(run_dir))
+    cfg = read_run_config(run)
+    if cfg.model.kind != "transformer":
+        raise ConfigError(
+            f"{run.root} holds an {cfg.model.kind} model; --engine ctranslate2 runs Transformer exports only",
+            "use --engine torch (optionally with --quantize int8)",
+        )
+    import_ctranslate2()
+    target = model_dir or run.root / "ctranslate2"
+    if not target.exists():
+        raise CheckpointError(
+            f"no CTranslate2 model at {target}",
+            f"export it first: seqtool export {run.root} --format ctranslate2 -o {target}",
+        )
+    src_path, tgt_path = run.tokenizer_paths(cfg.tokenizer.joint)
+    tokenizer = Tokenizer.load(src_path, tgt_path)
+    return CTranslate2Translator(target, tokenizer, device, threads), cfg

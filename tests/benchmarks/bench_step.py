@@ -1,0 +1,90 @@
+"""Micro-benchmark of seqtool's training step on the shared benchmark's data (for A/B comparisons of one change).
+
+Runs the same work as `Trainer._update` (packed logits, fused loss, AdamW, schedule) on the harness's wesnoth
+batches and prints target tokens/s, the median step time and peak RSS. Compare two versions by running them
+alternately in one sitting (the host's speed drifts), e.g. from two git worktrees with PYTHONPATH:
+
+    .venv/bin/python tests/benchmarks/bench_step.py --precision bf16 --steps 40
+    PYTHONPATH=/tmp/old .venv/bin/python tests/benchmarks/bench_step.py --precision bf16 --steps 40
+
+Needs `bash ../shared/bench/peers.sh prep` first (the tokenizer and the filtered training pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from seqtool.config import load_config
+from seqtool.data.batching import BatchSampler, make_batch
+from seqtool.models import build_model
+from seqtool.runtime import autocast, limit_onednn_cache, seed_everything
+from seqtool.tokenizer import Tokenizer
+from seqtool.train.loss import label_smoothed_nll
+from seqtool.train.optim import build_optimizer, build_scheduler
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path.home() / ".cache/seqtool-peers/runs/data"
+
+
+def main() -> None:
+    """Time `--steps` training steps after 5 warm-up steps."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--config", type=Path, default=REPO / "recipes/bench-wesnoth.yaml")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--rss-every", type=int, default=0, help="print peak RSS every N steps (0 = only at the end)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    limit_onednn_cache()
+    seed_everything(42)
+    cfg = load_config(args.config, [f"tokenizer.model={args.data / 'spm.model'}"])
+    tok = Tokenizer.load(args.data / "spm.model")
+    src = tok.src.encode((args.data / "train.raw.en").read_text(encoding="utf-8").splitlines())
+    tgt = tok.tgt.encode((args.data / "train.raw.de").read_text(encoding="utf-8").splitlines())
+    sp = tok.specials
+    model = build_model(cfg.model, tok.src.vocab_size, tok.tgt.vocab_size, sp).train()
+    optimizer = build_optimizer(model.parameters(), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    batches = iter(BatchSampler([len(s) for s in src], [len(t) for t in tgt], cfg.train.batch_tokens, cfg.seed))
+    device = torch.device("cpu")
+    times, tokens = [], []
+    for step in range(args.steps + 5):
+        idx = next(batches)
+        batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx], sp)
+        started = time.perf_counter()
+        keep = batch.tgt_out != sp.pad
+        with autocast(device, args.precision):
+            logits = model(batch.src, batch.tgt_in, keep)
+        loss, _ = label_smoothed_nll(logits, batch.tgt_out[keep], sp.pad, cfg.train.label_smoothing)
+        (loss / batch.tgt_tokens).backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step >= 5:
+            times.append(time.perf_counter() - started)
+            tokens.append(batch.tgt_tokens)
+        if args.rss_every and step % args.rss_every == 0:
+            print(json.dumps({"step": step, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+    print(
+        json.dumps(
+            {
+                "precision": args.precision,
+                "steps": args.steps,
+                "tgt_tok_s": round(sum(tokens) / sum(times), 1),
+                "median_step_ms": round(statistics.median(times) * 1000, 1),
+                "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
