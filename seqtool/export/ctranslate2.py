@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from seqtool import __version__
 from seqtool.config import TransformerConfig
 from seqtool.errors import CheckpointError, ConfigError, SeqtoolError
+from seqtool.train.checkpoint import current_umask, fsync_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -211,7 +212,7 @@ def export_ctranslate2(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the directory the usual permissions
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp creates 0700; give the directory the usual permissions
         spec.save(str(tmp))
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
         _fsync_tree(tmp)
@@ -255,17 +256,7 @@ def _replace_dir(tmp: Path, output: Path) -> None:
 
 def _fsync_tree(root: Path) -> None:
     for path in [*root.iterdir(), root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        fsync_path(path)
 
 
 def check_exported(model_dir: Path, tokenizer: Tokenizer) -> dict[str, Any]:
