@@ -34,7 +34,13 @@ def quantize_model(model: Seq2SeqModel, scheme: str, device: torch.device) -> Se
     engines = torch.backends.quantized.supported_engines
     if torch.backends.quantized.engine == "none" and not any(e != "none" for e in engines):
         raise SeqtoolError("this torch build has no quantized CPU kernels", "drop --quantize")
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    try:  # deprecated since torch 2.10 in favour of the torchao package; still there in 2.13
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    except ImportError:
+        raise SeqtoolError(
+            f"this torch ({torch.__version__}) has no torch.ao.quantization",
+            "drop --quantize, or use --engine ctranslate2",
+        ) from None
 
     fp32 = copy.deepcopy(model).to("cpu").eval()  # deepcopy keeps a tied output weight tied to its embedding
     with warnings.catch_warnings():  # torch.ao.quantization and its quantized tensors are flagged as deprecated
