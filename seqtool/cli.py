@@ -391,7 +391,7 @@ def translate(
 ) -> None:
     """Translate text line by line: stdin to stdout (or -i/-o); one output line per input line, in order.
 
-    --engine ctranslate2 runs a model written by `seqtool export` (needs pip install 'seqtool[ct2]').
+    --engine ctranslate2 runs a model written by `seqtool export` (needs pip install 'seqtool\\[ct2]').
 
     Example: seqtool translate runs/demo --beam 5 < data/test.en > hyp.de
     """
@@ -524,8 +524,8 @@ def export(
 ) -> None:
     """Export a trained Transformer for another inference engine (CTranslate2), for `translate --engine ctranslate2`.
 
-    Needs CTranslate2: pip install 'seqtool[ct2]'. The directory is written atomically (a temporary directory next
-    to it, then renamed).
+    Needs CTranslate2: pip install 'seqtool\\[ct2]'. The directory is written atomically (a temporary directory
+    next to it, then renamed).
 
     Example: seqtool export runs/demo --format ctranslate2 --quantization int8 -o runs/demo/ctranslate2
     """
@@ -628,7 +628,7 @@ def plot(
 ) -> None:
     """Plot learning curves (training loss, dev loss, dev BLEU, learning rate against the update) from metrics.jsonl.
 
-    Needs matplotlib: pip install 'seqtool[plot]'.
+    Needs matplotlib: pip install 'seqtool\\[plot]'.
 
     Example: seqtool plot runs/gru runs/transformer -o curves.png
     """
@@ -659,7 +659,7 @@ def attention(
 ) -> None:
     """Translate one sentence and draw its cross-attention as a heatmap (source pieces across, output pieces down).
 
-    Needs matplotlib: pip install 'seqtool[plot]'.
+    Needs matplotlib: pip install 'seqtool\\[plot]'.
 
     Example: seqtool attention runs/demo "Save the file before closing." -o attn.png
     """
