@@ -191,15 +191,9 @@ def load_ct2_translator(
     run_dir: Path, model_dir: Path | None = None, device: str = "cpu", threads: int = 0
 ) -> tuple[CTranslate2Translator, Config]:
     """The CTranslate2 translator of a run (model in `model_dir`, default RUN_DIR/ctranslate2) and the run's config."""
-    from seqtool.rundir import RunDir, read_run_config
+    from seqtool.export.ctranslate2 import transformer_run
 
-    run = RunDir(Path(run_dir))
-    cfg = read_run_config(run)
-    if cfg.model.kind != "transformer":
-        raise ConfigError(
-            f"{run.root} holds an {cfg.model.kind} model; --engine ctranslate2 runs Transformer exports only",
-            "use --engine torch (optionally with --quantize int8)",
-        )
+    run, cfg = transformer_run(run_dir, "--engine ctranslate2")
     import_ctranslate2()
     target = model_dir or run.root / "ctranslate2"
     if not target.exists():

@@ -32,7 +32,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from seqtool import __version__
-from seqtool.config import TransformerConfig
+from seqtool.config import Config, TransformerConfig
 from seqtool.errors import CheckpointError, ConfigError, SeqtoolError
 from seqtool.train.checkpoint import current_umask, fsync_path
 
@@ -178,17 +178,11 @@ def export_ctranslate2(
     """
     import torch
 
-    from seqtool.rundir import RunDir, load_for_inference, read_run_config, resolve_checkpoint
+    from seqtool.rundir import load_for_inference, resolve_checkpoint
 
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"unknown quantization {quantization!r}", f"choose one of {', '.join(QUANTIZATIONS)}")
-    run = RunDir(Path(run_dir))
-    cfg = read_run_config(run)
-    if cfg.model.kind != "transformer":
-        raise ConfigError(
-            f"{run_dir} holds an {cfg.model.kind} model; the CTranslate2 export supports model.kind: transformer only",
-            "translate RNN runs with the torch engine (optionally with --quantize int8)",
-        )
+    run, cfg = transformer_run(run_dir, "the CTranslate2 export")
     _check_output(output, overwrite)
     import_ctranslate2()  # fail before loading the checkpoint when the extra is missing
     path = resolve_checkpoint(run, checkpoint)
@@ -252,6 +246,20 @@ def _replace_dir(tmp: Path, output: Path) -> None:
         raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def transformer_run(run_dir: str | Path, what: str) -> tuple[Any, Config]:
+    """The run directory and its config, refusing runs whose model is not a Transformer (`what` needs one)."""
+    from seqtool.rundir import RunDir, read_run_config
+
+    run = RunDir(Path(run_dir))
+    cfg = read_run_config(run)
+    if cfg.model.kind != "transformer":
+        raise ConfigError(
+            f"{run.root} holds an {cfg.model.kind} model; {what} supports model.kind: transformer only",
+            "use --engine torch (optionally with --quantize int8)",
+        )
+    return run, cfg
 
 
 def _fsync_tree(root: Path) -> None:
