@@ -83,7 +83,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: refused to load: the file holds objects other than tensors and plain data",
             f"seqtool loads checkpoints with weights_only=True, so a file cannot run code ({reason[:120]})",
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as exc:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or corrupted?): {str(exc)[:200]}"
         ) from None
