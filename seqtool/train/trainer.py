@@ -617,6 +617,9 @@ class Trainer:
                         self._validate_and_save()
                     if tcfg.average_last:
                         self._average_last(tcfg.average_last)
+                # rank 0 may still be validating or saving: the ranks leave the job together, since a rank that
+                # tears down its process group while a peer is still connected aborts inside gloo
+                barrier(self.dist)
         except RuntimeError as exc:
             if self.dist.enabled and is_peer_failure(exc):  # DDP's gradient all-reduce lost a peer
                 raise peer_failure(exc) from None
