@@ -5,7 +5,7 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint format clean bench-train bench-quality docs
+.PHONY: setup demo test test-slow lint format clean bench-train bench-quality bench-translate bench-scale docs
 
 setup: $(STAMP)
 
@@ -42,6 +42,15 @@ bench-train: setup
 # BLEU after 20 minutes of training, beam 5 and 1 on the test set (PEERS=1 also reruns the peers: about 70 min more)
 bench-quality: setup
 	MODE=quality bash tests/benchmarks/bench_train.sh
+
+# decoding speed of a trained run (default: bench-quality's Transformer) beside Eole and CTranslate2 (PEERS=1
+# re-decodes the peers' models in the same sitting): torch fp32, --quantize int8, bf16 and the CTranslate2 engine
+bench-translate: setup
+	bash tests/benchmarks/bench_translate.sh
+
+# corpora larger than RAM: cache build + 500 training steps on 1M and 5M synthetic pairs, peak RSS (about 40 min)
+bench-scale: setup
+	bash tests/benchmarks/bench_scale.sh
 
 # README's config reference, regenerated from the schema
 docs: setup
