@@ -113,3 +113,32 @@ def test_every_recipe_directory_has_a_readme(folder: Path) -> None:
         assert "internet" in "\n".join(lines[:5]).lower(), "say at the top that the recipe needs internet access"
     else:
         assert "## Result" in lines, f"{name(readme)} has no '## Result' section"
+
+
+def test_prepare_lib_steps_and_cleaning(tmp_path: Path) -> None:
+    """The prepare scripts' helpers: `clean` filters pairs, a finished step is skipped, a foreign file stops."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("bash is not installed")
+    (tmp_path / "in.en").write_text("Hello  world\n\nfine\na b c d e f g h\n", encoding="utf-8")
+    (tmp_path / "in.de").write_text("Hallo\tWelt\nleer\ngut\nkurz\n", encoding="utf-8")
+    script = f"""
+set -euo pipefail
+PYTHON=python3 WORK={tmp_path}/work
+mkdir -p "$WORK"
+source {RECIPES / "prepare-lib.sh"}
+if step one {tmp_path}/out.en; then
+    clean {tmp_path}/in.en {tmp_path}/in.de {tmp_path}/out.en {tmp_path}/out.de 5 3
+    finish one
+fi
+step one {tmp_path}/out.en || echo skipped
+touch {tmp_path}/foreign
+step two {tmp_path}/foreign
+"""
+    result = subprocess.run([bash, "-c", script], capture_output=True, text=True, check=False)
+    assert (tmp_path / "out.en").read_text(encoding="utf-8") == "Hello world\nfine\n"
+    assert (tmp_path / "out.de").read_text(encoding="utf-8") == "Hallo Welt\ngut\n"
+    assert "kept 2 of 4 pairs (dropped 2)" in result.stdout
+    assert "== one" in result.stdout and "skipped" in result.stdout
+    assert result.returncode == 1
+    assert "foreign exists and was not written by this script" in result.stderr
