@@ -118,7 +118,7 @@ def _write_output(lines: list[str], path: Path | None, overwrite: bool) -> None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise SystemExit(0) from None
         return
-    from seqtool.train.checkpoint import atomic_write_bytes
+    from seqtool.atomic import atomic_write_bytes
 
     _refuse_existing(path, overwrite)
     try:

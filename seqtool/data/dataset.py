@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, overload
 import numpy as np
 import sentencepiece as spm
 
+from seqtool.atomic import fsync_path
 from seqtool.data.corpus import FilterReport, check_readable, filter_pairs
 from seqtool.errors import DataError
 
@@ -346,14 +347,6 @@ def _result(result: _Encoded | tuple[str, str | None]) -> _Encoded:
 # Building
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _build(
     tmp: Path,
     src_path: Path,
@@ -393,7 +386,7 @@ def _build(
             if progress is not None:
                 progress(report.total)
     for name in names:
-        _fsync(tmp / name)
+        fsync_path(tmp / name)
     return {
         "pairs": report.kept,
         "src_tokens": tokens["src"],
@@ -492,8 +485,8 @@ def open_or_build(
             )
         manifest = {"format": FORMAT_VERSION, "key": key, "dtype": dtype.name, **counts, "key_fields": fields}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-        _fsync(tmp / MANIFEST)
-        _fsync(tmp)
+        fsync_path(tmp / MANIFEST)
+        fsync_path(tmp)
         if final.exists():  # an invalid leftover, or a cache another process has just completed
             if _valid_cache(final, key):
                 shutil.rmtree(tmp)
@@ -505,7 +498,7 @@ def open_or_build(
         except OSError:
             if not _valid_cache(final, key):  # unless another builder won the race: theirs is as good as ours
                 raise
-        _fsync(cache_dir)
+        fsync_path(cache_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

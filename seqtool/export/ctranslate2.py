@@ -32,9 +32,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from seqtool import __version__
+from seqtool.atomic import current_umask, fsync_path
 from seqtool.config import Config, TransformerConfig
 from seqtool.errors import CheckpointError, ConfigError, SeqtoolError
-from seqtool.train.checkpoint import current_umask, fsync_path
 
 if TYPE_CHECKING:
     import numpy as np

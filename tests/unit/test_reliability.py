@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqtool import atomic as atomic_module
 from seqtool.config import RNNConfig
 from seqtool.errors import CheckpointError, DataError, TrainingError
 from seqtool.models import build_model
 from seqtool.models.base import SpecialIds
 from seqtool.rundir import RunDir, load_for_inference, load_model_weights
-from seqtool.train import checkpoint as checkpoint_module
 from seqtool.train import trainer as trainer_module
 from seqtool.train.checkpoint import load_checkpoint, save_checkpoint
 from seqtool.train.trainer import Trainer
@@ -169,7 +169,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint_module.os, "fsync", no_space)
+    monkeypatch.setattr(atomic_module.os, "fsync", no_space)
     with pytest.raises(CheckpointError) as err:
         save_checkpoint(target, {"model": {"w": torch.zeros(3)}, "step": 2})
     assert "No space left on device" in err.value.message and "intact" in (err.value.hint or "")
