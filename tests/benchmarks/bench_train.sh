@@ -6,6 +6,14 @@
 #   ROWS="seqtool-gru:recipes/bench-wesnoth-gru.yaml:bf16" ...  # which seqtool rows: name:config:precision, space-separated
 # Writes $RESULTS/NAME.* in the harness's JSON format and prints its summary table (all toolkits side by side).
 set -euo pipefail
+# The budget ends each training with SIGINT. A job started in the background of a non-interactive shell (`cmd &`,
+# nohup) inherits SIGINT as ignored, which a shell cannot undo and Python keeps (JoeyNMT would never stop): restart
+# this script with SIGINT and SIGQUIT restored to their defaults.
+if ! python3 -c 'import signal, sys; sys.exit(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)'; then
+  exec python3 -c 'import os, signal, sys
+for s in (signal.SIGINT, signal.SIGQUIT): signal.signal(s, signal.SIG_DFL)
+os.execvp("bash", ["bash", *sys.argv[1:]])' "$0" "$@"
+fi
 cd "$(dirname "$0")/../.."
 B=${BENCH:-../shared/bench}
 export MODE=${MODE:-speed} PEERS_HOME=${PEERS_HOME:-$HOME/.cache/seqtool-peers}
