@@ -2,12 +2,14 @@
 # Corpora larger than RAM: cache build + 500 training steps of the benchmark Transformer on 1M and 5M pairs, with
 # the peak RSS of the whole `seqtool train` process (it must stay < 2 GB and not grow with the corpus).
 #   bash tests/benchmarks/bench_scale.sh                 # PAIRS="1000000 5000000" STEPS=500 WORK=/tmp/seqtool-scale
+#   PRECISION=bf16 ...                                   # train.precision of the runs (default fp32)
 # Prints one JSON line per corpus size: pairs, cache build pairs/s and size (bench_cache.py), training wall time
 # and peak RSS (/usr/bin/time), and the steps done. Needs about 2 GB of disk per million pairs (corpus + cache).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PAIRS=${PAIRS:-"1000000 5000000"}
 STEPS=${STEPS:-500}
+PRECISION=${PRECISION:-fp32}
 WORK=${WORK:-/tmp/seqtool-scale}
 PY=.venv/bin/python
 mkdir -p "$WORK"
@@ -23,18 +25,18 @@ for n in $PAIRS; do
     --out "$WORK/cache-$n.json" >&2
   src=$dir/corpus-$n-1.en; tgt=$dir/corpus-$n-1.de
   # 2) training from that corpus, with a fresh cache built by the trainer itself (RSS includes the build)
-  rm -rf "$WORK/run-$n"
-  /usr/bin/time -f '%M %e' -o "$WORK/time-$n.txt" .venv/bin/seqtool train recipes/bench-wesnoth.yaml \
+  rm -rf "$WORK/run-$n" "$WORK/run-$n-cache"
+  /usr/bin/time -f '%M %e' -o "$WORK/time-$n-$PRECISION.txt" .venv/bin/seqtool train recipes/bench-wesnoth.yaml \
     --run-dir "$WORK/run-$n" --set "data.train_src=$src" --set "data.train_tgt=$tgt" \
-    --set "tokenizer.model=$WORK/spm.model" --set "train.max_steps=$STEPS" --set train.precision=bf16 \
+    --set "tokenizer.model=$WORK/spm.model" --set "train.max_steps=$STEPS" --set "train.precision=$PRECISION" \
     --set "data.cache_dir=$WORK/run-$n-cache" >&2
-  read -r rss_kb wall < "$WORK/time-$n.txt"
-  $PY - "$n" "$WORK/cache-$n.json" "$rss_kb" "$wall" "$WORK/run-$n" <<'PY'
+  read -r rss_kb wall < "$WORK/time-$n-$PRECISION.txt"
+  $PY - "$n" "$WORK/cache-$n.json" "$rss_kb" "$wall" "$WORK/run-$n" "$PRECISION" <<'PY'
 import json, sys
-n, cache_json, rss_kb, wall, run = sys.argv[1:]
+n, cache_json, rss_kb, wall, run, precision = sys.argv[1:]
 cache = json.load(open(cache_json))
 steps = [json.loads(l)["step"] for l in open(f"{run}/metrics.jsonl") if '"train"' in l]
-print(json.dumps({"pairs": int(n), "cache_build_pairs_s": cache["pairs_per_s"], "cache_mb": round(cache["cache_bytes"] / 1e6, 1),
+print(json.dumps({"pairs": int(n), "precision": precision, "cache_build_pairs_s": cache["pairs_per_s"], "cache_mb": round(cache["cache_bytes"] / 1e6, 1),
                   "train_peak_rss_mb": round(int(rss_kb) / 1024), "train_wall_s": float(wall),
                   "steps": steps[-1] if steps else 0}))
 PY
