@@ -331,6 +331,11 @@ class Engine(str, Enum):
     ctranslate2 = "ctranslate2"
 
 
+class StopRule(str, Enum):
+    heuristic = "heuristic"
+    exact = "exact"
+
+
 class Quantize(str, Enum):
     int8 = "int8"
 
@@ -353,6 +358,13 @@ def translate(
     ] = None,
     max_len_a: Annotated[float | None, typer.Option(help="Max output length = a * source length + b.", min=0.0)] = None,
     max_len_b: Annotated[int | None, typer.Option(help="Max output length = a * source length + b.", min=0)] = None,
+    stop: Annotated[
+        StopRule | None,
+        typer.Option(
+            help="When beam search stops a sentence: heuristic (its best live beam, ended now, scores below its worst "
+            "finished one) or exact (no longer output could do better; slower). Default: the config's decode.stop."
+        ),
+    ] = None,
     batch_tokens: Annotated[
         int | None, typer.Option(help="Token budget per batch (source tokens × beam).", min=1)
     ] = None,
@@ -426,6 +438,7 @@ def translate(
         length_penalty=dc.length_penalty if length_penalty is None else length_penalty,
         max_len_a=dc.max_len_a if max_len_a is None else max_len_a,
         max_len_b=dc.max_len_b if max_len_b is None else max_len_b,
+        stop=dc.stop if stop is None else stop.value,
     )
     if nbest > (beam or dc.beam):
         typer.echo(f"note: --nbest {nbest} needs a beam of at least {nbest}: using --beam {nbest}", err=True)
@@ -675,7 +688,12 @@ def attention(
     model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, torch.device("cpu"))
     dc = cfg.decode
     search_cfg = SearchConfig(
-        beam=beam or dc.beam, nbest=1, length_penalty=dc.length_penalty, max_len_a=dc.max_len_a, max_len_b=dc.max_len_b
+        beam=beam or dc.beam,
+        nbest=1,
+        length_penalty=dc.length_penalty,
+        max_len_a=dc.max_len_a,
+        max_len_b=dc.max_len_b,
+        stop=dc.stop,
     )
     amap = attention_map(model, tokenizer, sentence, search_cfg, layer, head)
     which = ""

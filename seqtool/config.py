@@ -146,6 +146,11 @@ class DecodeConfig:
     length_penalty: float = _opt(1.0, "GNMT length penalty alpha; 0 = raw log-probability", min=0.0)
     max_len_a: float = _opt(1.5, "maximum output length = a * source length + b", min=0.0)
     max_len_b: int = _opt(10, "maximum output length = a * source length + b", min=0)
+    stop: Literal["heuristic", "exact"] = _opt(
+        "heuristic",
+        "beam search stops a sentence when the best live beam, ended now, scores below its worst finished one"
+        " (heuristic), or only when no length could lift it above (exact: slower with a length penalty)",
+    )
     batch_tokens: int = _opt(4000, "source-token budget per decoding batch", min=1)
     max_input_len: int = _opt(250, "source pieces per line; longer input lines are truncated, with a warning", min=1)
 

@@ -17,12 +17,18 @@ len counts its tokens including </s>:
     none  lp = 1
 Greedy search does not normalise: its score is its log_prob.
 
-Early stopping (beam search): a sentence is done when it has `beam` finished hypotheses and no live
-beam can still beat the worst of them. Log-probs only decrease as tokens are added, so a live beam
-with log-prob s (<= 0) can at best reach s / lp(L) for a final length L in [current + 1, max + 1];
-lp is monotone in L, so the bound is s / max(lp(current + 1), lp(max + 1)). This is an exact bound:
-the search never stops early on a hypothesis it could still improve on. A sentence is also done when it
-reaches its maximum length (every live beam is then finalised with </s>) or when no live beam is left.
+Early stopping (beam search), `SearchConfig.stop`: a sentence is done when it has `beam` finished
+hypotheses and the best live beam is judged unable to beat the worst of them. Log-probs only decrease as
+tokens are added, so a live beam with log-prob s (<= 0) can at best reach s / lp(L) for a final length L in
+[current + 1, max + 1].
+    heuristic  (default) the bound is s / lp(current + 1): the live beam's score if it ended now, as in
+               Hugging Face's and CTranslate2's beam search. A growing length penalty could still lift a long
+               hypothesis above it, but a model rarely keeps its log-prob that high; decoding stops far earlier.
+    exact      the bound is s / max(lp(current + 1), lp(max + 1)), as lp is monotone in L: the search never stops
+               on a hypothesis it could still improve on. With a length penalty (alpha > 0) most sentences then
+               run to their maximum length; with alpha = 0 both rules are the same.
+A sentence is also done when it reaches its maximum length (every live beam is then finalised with </s>) or
+when no live beam is left.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from seqtool.models.base import DecoderState, Seq2SeqModel
 
 __all__ = [
     "LENGTH_PENALTIES",
+    "STOP_RULES",
     "Hypothesis",
     "SearchConfig",
     "beam_search",
@@ -68,6 +75,7 @@ class SearchConfig:
     max_len_a: float = 1.5  # max target length = a * src_len + b (src_len counts real source tokens)
     max_len_b: int = 10
     length_penalty_kind: str = "gnmt"  # a key of LENGTH_PENALTIES
+    stop: str = "heuristic"  # early stopping of beam search: "heuristic" or "exact" (see the module docstring)
 
 
 def _lp_gnmt(length: Tensor, alpha: float) -> Tensor:
@@ -88,6 +96,7 @@ LENGTH_PENALTIES: dict[str, Callable[[Tensor, float], Tensor]] = {
     "avg": _lp_avg,
     "none": _lp_none,
 }
+STOP_RULES = ("heuristic", "exact")  # see "Early stopping" above
 
 
 def max_lengths(src: Tensor, pad: int, a: float, b: float) -> Tensor:
@@ -158,6 +167,12 @@ def beam_search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[lis
         hint=f"choose one of {', '.join(LENGTH_PENALTIES)}",
         kind=ConfigError,
     )
+    check(
+        cfg.stop in STOP_RULES,
+        f"unknown stopping rule {cfg.stop!r}",
+        hint=f"choose one of {', '.join(STOP_RULES)}",
+        kind=ConfigError,
+    )
     sp = model.specials
     batch, device = src.size(0), src.device
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
@@ -170,10 +185,11 @@ def beam_search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[lis
     # lp_table[L] = penalty of a hypothesis of L tokens including </s>
     lp_fn = LENGTH_PENALTIES[cfg.length_penalty_kind]
     lp_table = lp_fn(torch.arange(width + 3, device=device, dtype=torch.float32), cfg.length_penalty)
-    lp_at_max = lp_table[max_len + 1]  # (n,)
+    # the largest penalty a live hypothesis may still reach: at its maximum length (exact) or when it ends now
+    lp_at_max = lp_table[max_len + 1] if cfg.stop == "exact" else torch.zeros_like(max_len, dtype=torch.float32)
 
     state = model.init_state(model.encode(src))
-    state = model.reorder_state(state, torch.arange(batch, device=device).repeat_interleave(k))
+    state = model.expand_state(state, torch.arange(batch, device=device), k)
     banned = _banned(model, device)
     beams = torch.arange(k, device=device)
     sent = torch.arange(batch, device=device)  # input position of each live sentence

@@ -83,8 +83,18 @@ class Seq2SeqModel(nn.Module, ABC):
         """Feed the previous target token (batch,) and return next-token logits (batch, tgt_vocab) and the new state."""
 
     def reorder_state(self, state: DecoderState, index: Tensor) -> DecoderState:
-        """Keep/repeat/reorder batch rows of the state: row i of the result is row index[i] of `state`."""
+        """Keep/repeat/reorder batch rows of the state: row i of the result is row index[i] of `state`.
+
+        After `expand_state(state, rows, beam)` the rows come in groups of `beam` (the beams of one sentence), and
+        `index` must keep them so: rows i*beam .. i*beam+beam-1 of the result all come from one group of `state`, and
+        when the number of rows does not change, group i comes from group i (beam search reorders beams within a
+        sentence and drops finished sentences). Models may then keep per-sentence tensors once per sentence.
+        """
         return select_rows(state, index)
+
+    def expand_state(self, state: DecoderState, rows: Tensor, beam: int) -> DecoderState:
+        """Beam search's start: rows i*beam .. i*beam+beam-1 of the result are copies of row rows[i] of `state`."""
+        return self.reorder_state(state, rows.repeat_interleave(beam))
 
     def num_parameters(self) -> int:
         """Number of distinct trainable parameters (tied weights counted once)."""

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from seqtool.models.attention import MultiHeadAttention
-from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, SpecialIds
+from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, SpecialIds, select_rows
 from seqtool.models.dropout import Dropout
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -105,15 +105,22 @@ class DecoderLayer(_ResidualLayer):
         return self._sublayer_output(x, self.self_attn.attend(h, k, v, causal=True), self.norm1), (k, v)
 
     def forward(
-        self, x: Tensor, memory_kv: KVPair, src_mask: Tensor, past: KVPair | None = None
+        self, x: Tensor, memory_kv: KVPair, src_mask: Tensor, past: KVPair | None = None, group: int = 1
     ) -> tuple[Tensor, KVPair]:
         """x (batch, tgt_len, d_model); memory_kv: cross-attention keys/values from `cross_attn.project_kv(memory)`.
 
+        With `group` > 1 (beam search, tgt_len 1), rows come in groups of `group` beams of one sentence and
+        memory_kv/src_mask hold one row per sentence: the beams attend as `group` queries of that sentence, so the
+        encoder keys/values are neither copied per beam nor reordered when beams are.
         Returns the output (batch, tgt_len, d_model) and the self-attention keys/values (past ones included).
         """
         x, kv = self._self_attention_block(x, past)
         h = self._sublayer_input(x, self.norm2)
-        x = self._sublayer_output(x, self.cross_attn.attend(h, *memory_kv, src_mask), self.norm2)
+        if group > 1:
+            rows, length, d_model = h.shape
+            h = h.reshape(rows // group, group * length, d_model)
+        cross = self.cross_attn.attend(h, *memory_kv, src_mask).view_as(x)
+        x = self._sublayer_output(x, cross, self.norm2)
         return self._sublayer_output(x, self.ffn(self._sublayer_input(x, self.norm3)), self.norm3), kv
 
     def cross_attention_weights(
@@ -129,9 +136,10 @@ class DecoderLayer(_ResidualLayer):
 class Transformer(Seq2SeqModel):
     """Transformer encoder–decoder with sinusoidal positions, optional shared/tied embeddings and a KV cache.
 
-    Decoder state (all tensors batch-first, so `reorder_state` works unchanged):
-    `pos` (int, the next target position), `src_mask` (batch, src_len), and `layers`: one dict per decoder layer with
-    `self_k`/`self_v` (batch, heads, decoded_len, head_dim) and `cross_k`/`cross_v` (batch, heads, src_len, head_dim).
+    Decoder state (tensors batch-first): `pos` (int, the next target position), `beam` (int, rows per sentence),
+    `src_mask` (sentences, src_len), and `layers`: one dict per decoder layer with `self_k`/`self_v` (rows, heads,
+    decoded_len, head_dim) and `cross_k`/`cross_v` (sentences, heads, src_len, head_dim). Rows = sentences × beam:
+    the encoder side is kept once per sentence (see `expand_state` and `DecoderLayer.forward`'s `group`).
     """
 
     def __init__(
@@ -220,7 +228,42 @@ class Transformer(Seq2SeqModel):
             cross_k, cross_v = layer.cross_attn.project_kv(enc.memory)  # (batch, heads, src_len, head_dim)
             empty = cross_k.new_zeros(cross_k.size(0), cross_k.size(1), 0, cross_k.size(3))
             layers.append({"self_k": empty, "self_v": empty, "cross_k": cross_k, "cross_v": cross_v})
-        return {"pos": 0, "src_mask": enc.src_mask, "layers": layers}
+        return {"pos": 0, "beam": 1, "src_mask": enc.src_mask, "layers": layers}
+
+    _SENTENCE_KEYS = ("cross_k", "cross_v")
+
+    def expand_state(self, state: DecoderState, rows: Tensor, beam: int) -> DecoderState:
+        """Repeat the per-row caches `beam` times; the encoder side stays one row per sentence."""
+        if state["beam"] != 1:
+            raise ValueError("expand_state: the state is already expanded")
+        expanded = self.reorder_state(state, rows)
+        index = torch.arange(rows.numel(), device=rows.device).repeat_interleave(beam)
+        layers = [
+            {key: t if key in self._SENTENCE_KEYS else t.index_select(0, index) for key, t in cache.items()}
+            for cache in expanded["layers"]
+        ]
+        return {**expanded, "beam": beam, "layers": layers}
+
+    def reorder_state(self, state: DecoderState, index: Tensor) -> DecoderState:
+        """Select rows (see `Seq2SeqModel.reorder_state`); with beams the encoder side is only touched when sentences
+        leave the batch, and then by sentence."""
+        beam = state["beam"]
+        if beam == 1:
+            return select_rows(state, index)
+        old_rows = state["layers"][0]["self_k"].size(0) if state["layers"] else index.numel()
+        # the contract: when the number of rows is kept, sentence i stays sentence i
+        sentences = None if index.numel() == old_rows else index[::beam] // beam
+        layers = []
+        for cache in state["layers"]:
+            layer = {}
+            for key, t in cache.items():
+                if key not in self._SENTENCE_KEYS:
+                    layer[key] = t.index_select(0, index)
+                else:
+                    layer[key] = t if sentences is None else t.index_select(0, sentences)
+            layers.append(layer)
+        src_mask = state["src_mask"] if sentences is None else state["src_mask"].index_select(0, sentences)
+        return {**state, "src_mask": src_mask, "layers": layers}
 
     def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """Feed tokens (batch,) at position state["pos"]; returns logits (batch, tgt_vocab) and the new state."""
@@ -228,7 +271,11 @@ class Transformer(Seq2SeqModel):
         new_layers = []
         for layer, cache in zip(self.decoder_layers, state["layers"], strict=True):
             x, (k, v) = layer(
-                x, (cache["cross_k"], cache["cross_v"]), state["src_mask"], (cache["self_k"], cache["self_v"])
+                x,
+                (cache["cross_k"], cache["cross_v"]),
+                state["src_mask"],
+                (cache["self_k"], cache["self_v"]),
+                state["beam"],
             )
             new_layers.append({**cache, "self_k": k, "self_v": v})
         logits = self.output(self.decoder_norm(x[:, 0]))

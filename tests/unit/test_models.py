@@ -207,6 +207,26 @@ def test_reorder_state_repeats_rows(model: Seq2SeqModel) -> None:
     torch.testing.assert_close(logits, expected[index], atol=ATOL, rtol=0)
 
 
+def test_expanded_state_matches_plain_row_copies(model: Seq2SeqModel) -> None:
+    # expand_state may keep the encoder side once per sentence (Transformer); the logits must equal those of a state
+    # whose rows were simply copied, through a reorder within the beams and a reorder that drops a sentence.
+    beam = 2
+    with torch.no_grad():
+        state = model.init_state(model.encode(SRC))
+        _, state = model.step(TGT_IN[:, 0], state)
+        expanded = model.expand_state(state, torch.arange(3), beam)
+        plain = Seq2SeqModel.reorder_state(model, state, torch.arange(3).repeat_interleave(beam))
+        prev = TGT_IN[torch.arange(3).repeat_interleave(beam), 1]
+        for index in (torch.tensor([1, 0, 2, 2, 5, 4]), torch.tensor([1, 1, 4, 5])):  # then sentence 1 leaves
+            got, expanded = model.step(prev, expanded)
+            want, plain = model.step(prev, plain)
+            torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+            expanded, plain = model.reorder_state(expanded, index), Seq2SeqModel.reorder_state(model, plain, index)
+        got, _ = model.step(TGT_IN[[0, 0, 2, 2], 2], expanded)
+        want, _ = model.step(TGT_IN[[0, 0, 2, 2], 2], plain)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
 def test_gradients_reach_every_parameter(model: Seq2SeqModel) -> None:
     model.train()
     tgt_out = torch.cat([TGT_IN[:, 1:], torch.full((3, 1), SPECIALS.eos)], dim=1)

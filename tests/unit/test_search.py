@@ -310,6 +310,21 @@ def test_wide_beam_is_exhaustive(alpha: float) -> None:
     assert [h.score for h in results] == pytest.approx([scores[i] for i in ranked], abs=1e-5)
 
 
+def test_heuristic_stop_ends_sooner_than_exact() -> None:
+    # [] scores log 0.6 = -0.51 and [A] log 0.2 / lp(2) = -1.38; the live [A, A, A] has log-prob log 0.1 = -2.30:
+    # ended now it would score -2.30 / lp(4) = -1.54, so the heuristic stops at step 3, but the exact rule divides by
+    # lp(31) = 6 (the maximum length) and goes on until log 0.4 + t log 0.5 <= 6 * -1.38, at step 12
+    rows = {SP.bos: {SP.eos: 0.6, A: 0.4 - 1e-6}, A: {A: 0.5, SP.eos: 0.5 - 1e-6}}
+    steps = {}
+    for stop in ("heuristic", "exact"):
+        model = MarkovModel(markov_table(8, rows))
+        cfg = SearchConfig(beam=2, nbest=1, length_penalty=1.0, max_len_a=0.0, max_len_b=30, stop=stop)
+        (best,) = beam_search(model, random_sources([3], vocab=8), cfg)[0]
+        assert best.tokens == []
+        steps[stop] = len(model.batch_sizes)
+    assert steps == {"heuristic": 3, "exact": 12}
+
+
 def test_bad_config_is_rejected(gru: TinyGRU, src: Tensor) -> None:
     from seqtool.errors import ConfigError
 
@@ -317,3 +332,5 @@ def test_bad_config_is_rejected(gru: TinyGRU, src: Tensor) -> None:
         beam_search(gru, src, SearchConfig(beam=2, nbest=3))
     with pytest.raises(ConfigError):
         beam_search(gru, src, SearchConfig(beam=2, length_penalty_kind="nope"))
+    with pytest.raises(ConfigError):
+        beam_search(gru, src, SearchConfig(beam=2, stop="never"))
