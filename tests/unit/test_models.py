@@ -227,6 +227,20 @@ def test_expanded_state_matches_plain_row_copies(model: Seq2SeqModel) -> None:
     torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
 
 
+def test_stepping_one_state_twice_gives_independent_states(model: Seq2SeqModel) -> None:
+    # the Transformer writes its caches in place; a second continuation of the same state must not disturb the first
+    with torch.no_grad():
+        state = model.init_state(model.encode(SRC))
+        _, state = model.step(TGT_IN[:, 0], state)
+        _, first = model.step(TGT_IN[:, 1], state)
+        _, second = model.step(TGT_IN[:, 1].flip(0), state)  # other tokens at the same position
+        got, _ = model.step(TGT_IN[:, 2], first)
+        want = model(SRC, TGT_IN[:, :3])[:, 2]
+        got_second, _ = model.step(TGT_IN[:, 2], second)
+    torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+    assert not torch.allclose(got_second, want, atol=ATOL)
+
+
 def test_gradients_reach_every_parameter(model: Seq2SeqModel) -> None:
     model.train()
     tgt_out = torch.cat([TGT_IN[:, 1:], torch.full((3, 1), SPECIALS.eos)], dim=1)
