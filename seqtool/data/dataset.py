@@ -73,9 +73,9 @@ class IdSequences(Sequence[np.ndarray]):
 
     @property
     def lengths(self) -> np.ndarray:
-        """Pieces per pair (int64), computed once from the offsets."""
+        """Pieces per pair (int32), computed once from the offsets."""
         if self._lengths is None:
-            self._lengths = np.diff(self.offsets)
+            self._lengths = np.diff(self.offsets).astype(np.int32)  # 4 bytes per pair, not 8
         return self._lengths
 
 

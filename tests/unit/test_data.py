@@ -73,6 +73,21 @@ def test_bucket_batches_respect_budget_and_cover_everything() -> None:
         assert (len(batch) + 1) * (max(src[nxt], tgt[nxt]) + 1) > 400
 
 
+@pytest.mark.parametrize("longest", [40, 70_000])  # the packed sort key, and the lexsort for absurd lengths
+def test_pairs_are_ordered_by_longer_side_then_source_then_at_random(longest: int) -> None:
+    rng = random.Random(0)
+    src = np.array([rng.randint(1, 40) for _ in range(2000)] + [longest], dtype=np.int32)
+    tgt = np.array([rng.randint(1, 40) for _ in range(2000)] + [3], dtype=np.int32)
+    orders = [np.concatenate(bucket_batches(src, tgt, 10**9, np.random.default_rng(seed))) for seed in (1, 2)]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(len(src)))
+        keys = list(zip(np.maximum(src, tgt)[order].tolist(), src[order].tolist(), strict=True))
+        assert keys == sorted(keys)
+    assert orders[0].tolist() != orders[1].tolist()  # ties are broken by the random generator
+    unshuffled = np.concatenate(bucket_batches(src, tgt, 10**9))
+    assert unshuffled.tolist() == np.lexsort((src, np.maximum(src, tgt))).tolist()
+
+
 def test_sampler_resumes_exactly() -> None:
     rng = random.Random(0)
     src = [rng.randint(1, 30) for _ in range(300)]
