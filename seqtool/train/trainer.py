@@ -585,6 +585,7 @@ class Trainer:
         last_saved = self.step
         stop_reason = "max_steps"
         self.reporter.start(tcfg.max_steps, self.step)
+        left_together = False
         try:
             with _stop_on_signals(flag):
                 while self.step < tcfg.max_steps:
@@ -621,13 +622,17 @@ class Trainer:
                 # rank 0 may still be validating or saving: the ranks leave the job together, since a rank that
                 # tears down its process group while a peer is still connected aborts inside gloo
                 barrier(self.dist)
+                left_together = True
         except RuntimeError as exc:
             if self.dist.enabled and is_peer_failure(exc):  # DDP's gradient all-reduce lost a peer
                 raise peer_failure(exc) from None
             raise
         finally:
             self.reporter.close()
-            shutdown(self.dist)
+            # Tearing down a process group that lost a peer can abort inside gloo before the error is reported;
+            # after a failure the process is about to exit anyway, so only a clean end leaves the group.
+            if left_together:
+                shutdown(self.dist)
         if stop_reason != "interrupted":
             self.log(f"finished at step {self.step} ({stop_reason})")
         return TrainResult(self.run.root, self.step, stop_reason, self.best_bleu, self.last_eval)
