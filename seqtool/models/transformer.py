@@ -236,13 +236,12 @@ class Transformer(Seq2SeqModel):
         """Repeat the per-row caches `beam` times; the encoder side stays one row per sentence."""
         if state["beam"] != 1:
             raise ValueError("expand_state: the state is already expanded")
-        expanded = self.reorder_state(state, rows)
-        index = torch.arange(rows.numel(), device=rows.device).repeat_interleave(beam)
+        per_row = rows.repeat_interleave(beam)  # one copy of each cache row per beam, in a single index_select
         layers = [
-            {key: t if key in self._SENTENCE_KEYS else t.index_select(0, index) for key, t in cache.items()}
-            for cache in expanded["layers"]
+            {key: t.index_select(0, rows if key in self._SENTENCE_KEYS else per_row) for key, t in cache.items()}
+            for cache in state["layers"]
         ]
-        return {**expanded, "beam": beam, "layers": layers}
+        return {**state, "beam": beam, "src_mask": state["src_mask"].index_select(0, rows), "layers": layers}
 
     def reorder_state(self, state: DecoderState, index: Tensor) -> DecoderState:
         """Select rows (see `Seq2SeqModel.reorder_state`); with beams the encoder side is only touched when sentences
