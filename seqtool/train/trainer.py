@@ -277,8 +277,12 @@ def _tensorboard_writer(run: RunDir, log: Any) -> Any:
 
 
 @contextmanager
-def _stop_on_signals(flag: dict[str, bool]) -> Iterator[None]:
-    """SIGINT/SIGTERM set flag['stop'] so the loop can save and leave; a second SIGINT interrupts at once."""
+def _stop_on_signals(flag: dict[str, bool], keep_after_failure: bool = False) -> Iterator[None]:
+    """SIGINT/SIGTERM set flag['stop'] so the loop can save and leave; a second SIGINT interrupts at once.
+
+    With `keep_after_failure` (a torchrun job), the handlers stay after an error: when a peer dies, torchrun sends
+    SIGTERM to the survivors, and the default handler would kill this process before it reports why it stopped.
+    """
 
     def handler(signum: int, frame: Any) -> None:
         if flag["stop"] and signum == signal.SIGINT:
@@ -290,11 +294,14 @@ def _stop_on_signals(flag: dict[str, bool]) -> Iterator[None]:
     except ValueError:  # not in the main thread: no handlers
         yield
         return
+    failed = True
     try:
         yield
+        failed = False
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        if not (failed and keep_after_failure):
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -587,7 +594,7 @@ class Trainer:
         self.reporter.start(tcfg.max_steps, self.step)
         left_together = False
         try:
-            with _stop_on_signals(flag):
+            with _stop_on_signals(flag, keep_after_failure=self.dist.enabled):
                 while self.step < tcfg.max_steps:
                     reason = self._agreed_stop(flag["stop"], time.monotonic() >= deadline)
                     if reason:
