@@ -375,7 +375,15 @@ def translate(
     checkpoint: Annotated[str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")] = "best",
     device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
     precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision.fp32,
-    threads: Annotated[int, typer.Option(help="CPU threads (0 = the engine's default).", min=0)] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads in all (0 = one per core).", min=0)] = 0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Batches translated at once, sharing the threads (0 = one per thread on a CPU, 1 on a GPU; "
+            "--stream: 1).",
+            min=0,
+        ),
+    ] = 0,
     engine: Annotated[
         Engine,
         typer.Option(help="torch (seqtool's own search), or ctranslate2 (a model written by `seqtool export`)."),
@@ -413,6 +421,8 @@ def translate(
     if output is not None:
         _refuse_existing(output, overwrite)  # before the model is loaded: fail fast
     translator: Translator | CTranslate2Translator
+    if stream:
+        workers = 1  # one line at a time: all threads go to it
     if engine is Engine.ctranslate2:
         from seqtool.decode.ct2_engine import load_ct2_translator, resolve_ct2_device
 
@@ -426,11 +436,12 @@ def translate(
                 "--checkpoint applies to --engine torch",
                 "export the checkpoint you want: seqtool export RUN_DIR --format ctranslate2 --checkpoint NAME",
             )
-        translator, cfg = load_ct2_translator(run_dir, ct2_model, resolve_ct2_device(device.value), threads)
+        ct2_device = resolve_ct2_device(device.value)
+        translator, cfg = load_ct2_translator(run_dir, ct2_model, ct2_device, threads, workers)
     else:
         if ct2_model is not None:
             raise SeqtoolError("--ct2-model needs --engine ctranslate2")
-        translator, cfg = _torch_translator(run_dir, checkpoint, device, precision, threads, quantize)
+        translator, cfg = _torch_translator(run_dir, checkpoint, device, precision, threads, workers, quantize)
     dc = cfg.decode
     search_cfg = SearchConfig(
         beam=max(beam or dc.beam, nbest),
@@ -463,29 +474,39 @@ def translate(
 
 
 def _torch_translator(
-    run_dir: Path, checkpoint: str, device: Device, precision: Precision, threads: int, quantize: Quantize | None
+    run_dir: Path,
+    checkpoint: str,
+    device: Device,
+    precision: Precision,
+    threads: int,
+    workers: int,
+    quantize: Quantize | None,
 ) -> tuple[Translator, Config]:
     """seqtool's own engine: the run's model on its device, dynamically quantized with --quantize."""
     import torch
 
     from seqtool.decode.translate import Translator
     from seqtool.rundir import load_for_inference
-    from seqtool.runtime import limit_onednn_cache, resolve_device, set_threads
+    from seqtool.runtime import decode_parallelism, limit_onednn_cache, resolve_device, set_threads
 
-    set_threads(threads)
     limit_onednn_cache()
+    dev = (
+        resolve_device(device.value)
+        if quantize is None
+        else torch.device("cpu" if device is Device.auto else device.value)
+    )
+    workers, per_worker = decode_parallelism(threads, workers, dev.type == "cpu")
+    set_threads(per_worker)
     if quantize is None:
-        dev = resolve_device(device.value)
         model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, dev)
-        return Translator(model, tokenizer, dev, precision.value), cfg
+        return Translator(model, tokenizer, dev, precision.value, workers), cfg
     from seqtool.decode.quantize import quantize_model
 
     if precision is not Precision.fp32:
         raise SeqtoolError(f"--quantize {quantize.value} and --precision {precision.value} exclude each other")
-    wanted = torch.device("cpu" if device is Device.auto else device.value)
     model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, torch.device("cpu"))
-    model = quantize_model(model, quantize.value, wanted)
-    return Translator(model, tokenizer, wanted, precision.value), cfg
+    model = quantize_model(model, quantize.value, dev)
+    return Translator(model, tokenizer, dev, precision.value, workers), cfg
 
 
 def _translate_stream(

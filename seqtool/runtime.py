@@ -52,6 +52,18 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def decode_parallelism(threads: int, workers: int, on_cpu: bool) -> tuple[int, int]:
+    """(workers, threads per worker) for translating: batches searched at once, and each one's CPU threads.
+
+    `threads` is the CPU threads in all (0: torch's default, one per core); `workers` 0 means one per thread on a CPU
+    (a small model's ops keep one core busy, not two) and 1 on a GPU. The threads are shared out among the workers.
+    """
+    total = threads or torch.get_num_threads()
+    if workers == 0:
+        workers = total if on_cpu else 1
+    return workers, max(1, total // workers)
+
+
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 autocast is worthwhile on `device`."""
     if device.type == "cuda":

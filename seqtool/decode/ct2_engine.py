@@ -18,12 +18,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from seqtool.decode.search import SearchConfig
 from seqtool.decode.translate import Translation, clean_line, length_batches
 from seqtool.errors import CheckpointError, ConfigError, SeqtoolError, check
 from seqtool.export.ctranslate2 import MIN_POSITIONS, check_exported, import_ctranslate2, vocabulary
+from seqtool.runtime import decode_parallelism
 from seqtool.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -54,7 +55,10 @@ class EngineError(SeqtoolError):
 class CTranslate2Translator:
     """A CTranslate2 model directory and the run's tokenizer, turning text lines into translations."""
 
-    def __init__(self, model_dir: Path, tokenizer: Tokenizer, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(
+        self, model_dir: Path, tokenizer: Tokenizer, device: str = "cpu", threads: int = 0, workers: int = 0
+    ) -> None:
+        """Load the model: `threads` CPU threads in all, shared by `workers` batches at once (decode_parallelism)."""
         ct2 = import_ctranslate2()
         check(device in DEVICES, f"unknown CTranslate2 device {device!r}", f"choose one of {', '.join(DEVICES)}")
         meta = check_exported(model_dir, tokenizer)
@@ -66,8 +70,11 @@ class CTranslate2Translator:
         sp = tokenizer.specials
         self.eos_token = tgt_vocab[sp.eos]
         self.suppress = [[tgt_vocab[sp.bos]], [tgt_vocab[sp.pad]]]  # our search never emits these either
+        self.workers, per_worker = decode_parallelism(threads, workers, device == "cpu")
         try:
-            self.translator = ct2.Translator(str(model_dir), device=device, intra_threads=threads)
+            self.translator = ct2.Translator(
+                str(model_dir), device=device, intra_threads=per_worker, inter_threads=self.workers
+            )
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"CTranslate2 cannot load {model_dir}: {exc}") from None
 
@@ -100,9 +107,13 @@ class CTranslate2Translator:
             )
         hyps: list[list[tuple[list[int], float, float]]] = [[] for _ in src_ids]
         todo = [i for i, ids in enumerate(src_ids) if ids]
-        for batch in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam):
-            rows = [todo[j] for j in batch]
-            for row, nbest in zip(rows, self._search([src_ids[i] for i in rows], cfg), strict=True):
+        batches = [
+            [todo[j] for j in b] for b in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam)
+        ]
+        # every batch is handed to CTranslate2 at once: its `workers` replicas take them in parallel
+        pending = [self._submit([src_ids[i] for i in rows], cfg) for rows in reversed(batches)]
+        for rows, (pieces, limits, futures) in zip(reversed(batches), pending, strict=True):
+            for row, nbest in zip(rows, self._collect(pieces, limits, futures, cfg), strict=True):
                 hyps[row] = nbest
         out: list[list[Translation]] = []
         for nbest, cut in zip(hyps, truncated, strict=True):
@@ -115,25 +126,40 @@ class CTranslate2Translator:
             )
         return out
 
-    def _search(self, sources: list[list[int]], cfg: SearchConfig) -> list[list[tuple[list[int], float, float]]]:
-        """(tokens, log_prob, score) n-best lists, best first, for one batch of source ids (without </s>)."""
+    def _submit(self, sources: list[list[int]], cfg: SearchConfig) -> tuple[list[list[str]], list[int], list[Any]]:
+        """Start the search of one batch of source ids (without </s>): its pieces, length limits and async results."""
         # our limit: floor(a * src_len + b) target tokens before </s>, src_len counting the </s> of the source
         limits = [max(0, math.floor(cfg.max_len_a * (len(ids) + 1) + cfg.max_len_b)) for ids in sources]
         pieces = [[self.src_vocab[i] for i in ids] for ids in sources]
-        alpha = cfg.length_penalty if cfg.beam > 1 else 0.0  # our greedy search does not normalise its score
         try:
-            results = self.translator.translate_batch(
+            futures = self.translator.translate_batch(
                 pieces,
                 beam_size=cfg.beam,
                 num_hypotheses=cfg.nbest,
-                length_penalty=alpha,
+                length_penalty=self._alpha(cfg),
                 max_input_length=0,  # truncation is ours (max_input_len), done before
                 max_decoding_length=max(1, min(max(limits), self.positions)),
                 min_decoding_length=0,
                 suppress_sequences=self.suppress,
                 return_end_token=True,
                 return_scores=True,
+                asynchronous=True,
             )
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(f"CTranslate2 failed: {exc}") from None
+        return pieces, limits, futures
+
+    @staticmethod
+    def _alpha(cfg: SearchConfig) -> float:
+        return cfg.length_penalty if cfg.beam > 1 else 0.0  # our greedy search does not normalise its score
+
+    def _collect(
+        self, pieces: list[list[str]], limits: list[int], futures: list[Any], cfg: SearchConfig
+    ) -> list[list[tuple[list[int], float, float]]]:
+        """(tokens, log_prob, score) n-best lists, best first, of a batch started by `_submit`."""
+        alpha = self._alpha(cfg)
+        try:
+            results = [future.result() for future in futures]
         except (RuntimeError, ValueError) as exc:
             raise EngineError(f"CTranslate2 failed: {exc}") from None
         nbests: list[list[tuple[list[int], float, float]]] = []
@@ -188,7 +214,7 @@ def _unique(nbest: list[tuple[list[int], float, float]]) -> list[tuple[list[int]
 
 
 def load_ct2_translator(
-    run_dir: Path, model_dir: Path | None = None, device: str = "cpu", threads: int = 0
+    run_dir: Path, model_dir: Path | None = None, device: str = "cpu", threads: int = 0, workers: int = 0
 ) -> tuple[CTranslate2Translator, Config]:
     """The CTranslate2 translator of a run (model in `model_dir`, default RUN_DIR/ctranslate2) and the run's config."""
     from seqtool.export.ctranslate2 import transformer_run
@@ -203,4 +229,4 @@ def load_ct2_translator(
         )
     src_path, tgt_path = run.tokenizer_paths(cfg.tokenizer.joint)
     tokenizer = Tokenizer.load(src_path, tgt_path)
-    return CTranslate2Translator(target, tokenizer, device, threads), cfg
+    return CTranslate2Translator(target, tokenizer, device, threads, workers), cfg

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +67,6 @@ def length_batches(lengths: Sequence[int], batch_tokens: int, beam: int = 1) -> 
         yield batch
 
 
-@torch.inference_mode()
 def translate_ids(
     model: Seq2SeqModel,
     src_ids: Sequence[Sequence[int]],
@@ -74,19 +74,46 @@ def translate_ids(
     batch_tokens: int = 4000,
     device: torch.device | None = None,
     precision: str = "fp32",
+    workers: int = 1,
 ) -> list[list[Hypothesis]]:
-    """Search every source (ids without </s>) and return its hypotheses in input order; empty sources give []."""
+    """Search every source (ids without </s>) and return its hypotheses in input order; empty sources give [].
+
+    With `workers` > 1, that many batches are searched at once, each in its own thread. On a CPU this pays when each
+    worker has its own core (torch.set_num_threads(cores // workers)): a small model's ops are too short to keep two
+    cores busy, two batches are not. Batches are the same either way, so the outputs are too.
+    """
+    check(workers >= 1, f"workers must be at least 1, got {workers}", kind=ConfigError)
     device = device or next(model.parameters()).device
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     todo = [i for i, ids in enumerate(src_ids) if len(ids) > 0]
-    eos, pad = model.specials.eos, model.specials.pad
-    for batch in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam):
-        rows = [todo[j] for j in batch]
-        src = pad_sequences([src_ids[i] for i in rows], pad, suffix=eos).to(device)
-        with autocast(device, precision):
-            hyps = search(model, src, cfg)
-        for row, hyp in zip(rows, hyps, strict=True):
-            results[row] = hyp
+    batches = [
+        [todo[j] for j in batch] for batch in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam)
+    ]
+
+    @torch.inference_mode()
+    def search_batch(rows: list[int]) -> list[list[Hypothesis]]:
+        src = pad_sequences([src_ids[i] for i in rows], model.specials.pad, suffix=model.specials.eos).to(device)
+        with autocast(device, precision):  # autocast and inference mode are per thread: set here
+            return search(model, src, cfg)
+
+    if workers == 1 or len(batches) < 2:
+        found = map(search_batch, batches)
+        for rows, hyps in zip(batches, found, strict=True):
+            for row, hyp in zip(rows, hyps, strict=True):
+                results[row] = hyp
+        return results
+    # the longest batches first, so that no worker is left with a long one at the end
+    batches.reverse()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seqtool-decode") as pool:
+        futures = [pool.submit(search_batch, rows) for rows in batches]
+        try:
+            for rows, future in zip(batches, futures, strict=True):
+                for row, hyp in zip(rows, future.result(), strict=True):
+                    results[row] = hyp
+        except BaseException:
+            for future in futures:
+                future.cancel()  # on an error or Ctrl-C, start no more batches
+            raise
     return results
 
 
@@ -104,12 +131,13 @@ class Translator:
     """A model and its tokenizer, turning text lines into translations."""
 
     def __init__(
-        self, model: Seq2SeqModel, tokenizer: Tokenizer, device: torch.device, precision: str = "fp32"
+        self, model: Seq2SeqModel, tokenizer: Tokenizer, device: torch.device, precision: str = "fp32", workers: int = 1
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = device
         self.precision = precision
+        self.workers = workers  # batches searched at once (see translate_ids)
 
     def translate(
         self,
@@ -132,7 +160,7 @@ class Translator:
         src_ids = self.tokenizer.src.encode(clean_line(line) for line in lines)
         truncated = [max_input_len is not None and len(ids) > max_input_len for ids in src_ids]
         src_ids = [ids[:max_input_len] for ids in src_ids]
-        hyps = translate_ids(self.model, src_ids, cfg, batch_tokens, self.device, self.precision)
+        hyps = translate_ids(self.model, src_ids, cfg, batch_tokens, self.device, self.precision, self.workers)
         out: list[list[Translation]] = []
         for nbest, cut in zip(hyps, truncated, strict=True):
             if not nbest:

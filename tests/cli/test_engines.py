@@ -154,6 +154,17 @@ def test_ct2_greedy_is_the_same_as_torch_on_50_sentences(run_dir: Path, ct2_mode
         assert float(theirs.split("\t")[1]) == pytest.approx(float(ours.split("\t")[1]), rel=1e-3, abs=1e-3)
 
 
+@pytest.mark.parametrize("engine", ["torch", "ctranslate2"])
+def test_parallel_workers_change_nothing_but_speed(
+    run_dir: Path, ct2_model: Path, sentences: bytes, engine: str
+) -> None:
+    """--workers 2 searches two batches at once (torch: threads; CTranslate2: replicas): same lines, same order."""
+    args = ("--beam", "3", "--scores", "--batch-tokens", "120", "--engine", engine)  # many small batches
+    one = output_lines(translate(run_dir, *args, "--workers", "1", stdin=sentences))
+    two = output_lines(translate(run_dir, *args, "--workers", "2", stdin=sentences))
+    assert len(one) == 50 and two == one
+
+
 def test_ct2_beam_search_nearly_matches_torch(run_dir: Path, ct2_model: Path, sentences: bytes) -> None:
     """Beam 4 without length penalty: the same ranking rule, but CTranslate2 stops a sentence once it has `beam`
     finished hypotheses, where our search goes on while a live beam can still beat them; so where the outputs

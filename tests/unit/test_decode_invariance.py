@@ -97,3 +97,33 @@ def test_outputs_do_not_depend_on_the_batch(make: Any, beam: int) -> None:
         torch.tensor([h[0].log_prob for h in one_by_one]), torch.tensor([h[0].log_prob for h in all_at_once]),
         atol=1e-4, rtol=0,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("make", [transformer, gru], ids=["transformer", "gru"])
+def test_parallel_workers_give_the_same_outputs_in_input_order(make: Any) -> None:
+    model = make()
+    src = [*sources(50, seed=3), []]  # and an empty source, which gets no hypotheses
+    cfg = SearchConfig(beam=3, nbest=2, length_penalty=1.0, max_len_a=1.5, max_len_b=5)
+    serial = translate_ids(model, src, cfg, batch_tokens=60)
+    parallel = translate_ids(model, src, cfg, batch_tokens=60, workers=3)  # ~20 batches over three threads
+    assert [[h.tokens for h in n] for n in parallel] == [[h.tokens for h in n] for n in serial]
+    assert [[h.log_prob for h in n] for n in parallel] == [[h.log_prob for h in n] for n in serial]
+    assert parallel[-1] == []
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()  # the caller's modes are untouched
+
+
+def test_a_failing_batch_stops_the_parallel_search() -> None:
+    model = transformer()
+    calls = 0
+
+    def fail_on_the_third(tokens: Tensor, state: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("boom")
+        return Transformer.step(model, tokens, state)
+
+    model.step = fail_on_the_third  # type: ignore[method-assign]
+    cfg = SearchConfig(beam=2, nbest=1, length_penalty=1.0, max_len_a=1.5, max_len_b=5)
+    with pytest.raises(RuntimeError, match="boom"):
+        translate_ids(model, sources(40, seed=4), cfg, batch_tokens=30, workers=2)
