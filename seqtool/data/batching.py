@@ -103,6 +103,8 @@ def bucket_batches(
     src = np.asarray(src_lens, dtype=np.int32)
     tgt = np.asarray(tgt_lens, dtype=np.int32)
     order = _length_order(src, tgt, rng)
+    if len(order) < 1 << 31:
+        order = order.astype(np.int32)  # the batches are views of it, kept for the epoch: 4 bytes per pair, not 8
     sorted_size = np.maximum(src[order], tgt[order]) + 1  # + </s> or <s>
     batches: list[np.ndarray] = []
     start, n = 0, len(order)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -255,3 +256,42 @@ def test_missing_file_is_a_data_error(spm_models: tuple[Path, Path], tmp_path: P
     (tmp_path / "a.en").write_text("x\n", encoding="utf-8")
     with pytest.raises(DataError, match="file not found"):
         build(tmp_path / "cache", (tmp_path / "a.en", tmp_path / "missing.de"), spm_models[0])
+
+
+def _mapped_rss_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of `path` (Linux /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = len(fields) >= 6 and fields[-1] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux /proc")
+def test_pages_read_during_training_leave_the_resident_set(tmp_path: Path) -> None:
+    """Reading pairs all over a large cache must not keep its pages resident (peak RSS would grow with the corpus)."""
+    pairs, length = 40_000, 50  # 4 MB of uint16 ids per side
+    directory = tmp_path / "corpus-test"
+    directory.mkdir()
+    offsets = np.arange(pairs + 1, dtype=np.int64) * length
+    ids = (np.arange(pairs * length) % 5000).astype(np.uint16)
+    for side in ("src", "tgt"):
+        ids.tofile(directory / f"{side}.ids")
+        offsets.tofile(directory / f"{side}.offsets")
+    manifest = {"dtype": "uint16", "pairs": pairs, "src_tokens": pairs * length, "tgt_tokens": pairs * length}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    corpus = EncodedCorpus(directory)
+    assert corpus.src_lengths.tolist() == [length] * pairs  # reads every offset, then lets the pages go
+    assert _mapped_rss_kb((directory / "src.offsets").resolve()) < 64
+    ids_path = (directory / "src.ids").resolve()
+    step = 13  # pages all over the file, as shuffled batches read them
+    seen = [int(corpus.src(i)[0]) for i in range(0, pairs, step)]
+    assert seen == [(i * length) % 5000 for i in range(0, pairs, step)]
+    assert _mapped_rss_kb(ids_path) > 1000  # the pages are resident after the reads ...
+    for i in range(dataset.RELEASE_EVERY):  # ... until enough reads have passed
+        corpus.src(i % pairs)
+    assert _mapped_rss_kb(ids_path) < 1000
+    assert corpus.src(pairs - 1).tolist() == [((pairs - 1) * length + k) % 5000 for k in range(length)]  # still right
