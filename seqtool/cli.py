@@ -366,7 +366,10 @@ def translate(
         ),
     ] = None,
     batch_tokens: Annotated[
-        int | None, typer.Option(help="Token budget per batch (source tokens × beam).", min=1)
+        int | None,
+        typer.Option(
+            help="Token budget (source tokens × beam) of the batches in flight, shared by the workers.", min=1
+        ),
     ] = None,
     max_input_len: Annotated[
         int | None,

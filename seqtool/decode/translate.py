@@ -78,17 +78,17 @@ def translate_ids(
 ) -> list[list[Hypothesis]]:
     """Search every source (ids without </s>) and return its hypotheses in input order; empty sources give [].
 
-    With `workers` > 1, that many batches are searched at once, each in its own thread. On a CPU this pays when each
-    worker has its own core (torch.set_num_threads(cores // workers)): a small model's ops are too short to keep two
-    cores busy, two batches are not. Batches are the same either way, so the outputs are too.
+    With `workers` > 1, that many batches are searched at once, each in its own thread and each with its share of
+    `batch_tokens` (so the memory in flight stays that of one batch). On a CPU this pays when each worker has its own
+    core (torch.set_num_threads(cores // workers)): a small model's ops are too short to keep two cores busy, two
+    batches are not. Outputs do not depend on the batch a sentence is in, so they are the same either way.
     """
     check(workers >= 1, f"workers must be at least 1, got {workers}", kind=ConfigError)
     device = device or next(model.parameters()).device
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     todo = [i for i, ids in enumerate(src_ids) if len(ids) > 0]
-    batches = [
-        [todo[j] for j in batch] for batch in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam)
-    ]
+    budget = max(1, batch_tokens // workers)
+    batches = [[todo[j] for j in batch] for batch in length_batches([len(src_ids[i]) for i in todo], budget, cfg.beam)]
 
     @torch.inference_mode()
     def search_batch(rows: list[int]) -> list[list[Hypothesis]]:

@@ -162,7 +162,9 @@ def test_parallel_workers_change_nothing_but_speed(
     args = ("--beam", "3", "--scores", "--batch-tokens", "120", "--engine", engine)  # many small batches
     one = output_lines(translate(run_dir, *args, "--workers", "1", stdin=sentences))
     two = output_lines(translate(run_dir, *args, "--workers", "2", stdin=sentences))
-    assert len(one) == 50 and two == one
+    assert len(one) == 50 and [line.split("\t")[0] for line in two] == [line.split("\t")[0] for line in one]
+    for a, b in zip(one, two, strict=True):  # torch: each worker has half the token budget, so float noise only
+        assert float(b.split("\t")[1]) == pytest.approx(float(a.split("\t")[1]), abs=2e-4)
 
 
 def test_ct2_beam_search_nearly_matches_torch(run_dir: Path, ct2_model: Path, sentences: bytes) -> None:
