@@ -444,7 +444,7 @@ def translate(
     else:
         if ct2_model is not None:
             raise SeqtoolError("--ct2-model needs --engine ctranslate2")
-        translator, cfg = _torch_translator(run_dir, checkpoint, device, precision, threads, workers, quantize)
+        translator, cfg = _torch_translator(run_dir, checkpoint, device, precision, threads, quantize)
     dc = cfg.decode
     search_cfg = SearchConfig(
         beam=max(beam or dc.beam, nbest),
@@ -456,6 +456,13 @@ def translate(
     )
     if nbest > (beam or dc.beam):
         typer.echo(f"note: --nbest {nbest} needs a beam of at least {nbest}: using --beam {nbest}", err=True)
+    if engine is Engine.torch:  # CTranslate2 took its threads when it loaded
+        from seqtool.decode.translate import Translator as TorchTranslator
+        from seqtool.runtime import decode_parallelism
+
+        assert isinstance(translator, TorchTranslator)
+        greedy = search_cfg.beam == 1 and search_cfg.nbest == 1
+        translator.use_workers(*decode_parallelism(threads, workers, translator.device.type == "cpu", greedy))
     limit = max_input_len or dc.max_input_len
     if stream:
         if input is not None or output is not None:
@@ -482,7 +489,6 @@ def _torch_translator(
     device: Device,
     precision: Precision,
     threads: int,
-    workers: int,
     quantize: Quantize | None,
 ) -> tuple[Translator, Config]:
     """seqtool's own engine: the run's model on its device, dynamically quantized with --quantize."""
@@ -490,26 +496,25 @@ def _torch_translator(
 
     from seqtool.decode.translate import Translator
     from seqtool.rundir import load_for_inference
-    from seqtool.runtime import decode_parallelism, limit_onednn_cache, resolve_device, set_threads
+    from seqtool.runtime import limit_onednn_cache, resolve_device, set_threads
 
+    set_threads(threads)  # for loading; `translate` then shares the threads out among its workers
     limit_onednn_cache()
     dev = (
         resolve_device(device.value)
         if quantize is None
         else torch.device("cpu" if device is Device.auto else device.value)
     )
-    workers, per_worker = decode_parallelism(threads, workers, dev.type == "cpu")
-    set_threads(per_worker)
     if quantize is None:
         model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, dev)
-        return Translator(model, tokenizer, dev, precision.value, workers), cfg
+        return Translator(model, tokenizer, dev, precision.value), cfg
     from seqtool.decode.quantize import quantize_model
 
     if precision is not Precision.fp32:
         raise SeqtoolError(f"--quantize {quantize.value} and --precision {precision.value} exclude each other")
     model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, torch.device("cpu"))
     model = quantize_model(model, quantize.value, dev)
-    return Translator(model, tokenizer, dev, precision.value, workers), cfg
+    return Translator(model, tokenizer, dev, precision.value), cfg
 
 
 def _translate_stream(

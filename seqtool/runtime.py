@@ -52,15 +52,16 @@ def set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def decode_parallelism(threads: int, workers: int, on_cpu: bool) -> tuple[int, int]:
+def decode_parallelism(threads: int, workers: int, on_cpu: bool, greedy: bool = False) -> tuple[int, int]:
     """(workers, threads per worker) for translating: batches searched at once, and each one's CPU threads.
 
-    `threads` is the CPU threads in all (0: torch's default, one per core); `workers` 0 means one per thread on a CPU
-    (a small model's ops keep one core busy, not two) and 1 on a GPU. The threads are shared out among the workers.
+    `threads` is the CPU threads in all (0: torch's default, one per core). `workers` 0 chooses: on a CPU one per
+    thread, since a small model's ops keep one core busy, not two; but one for seqtool's own greedy search
+    (`greedy`), whose steps are too short to gain from it; and one on a GPU. The workers share the threads.
     """
     total = threads or torch.get_num_threads()
     if workers == 0:
-        workers = total if on_cpu else 1
+        workers = total if on_cpu and not greedy else 1
     return workers, max(1, total // workers)
 
 

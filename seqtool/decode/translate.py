@@ -18,7 +18,7 @@ from seqtool.data.batching import pad_sequences
 from seqtool.decode.search import Hypothesis, SearchConfig, search
 from seqtool.errors import ConfigError, check
 from seqtool.models.base import Seq2SeqModel
-from seqtool.runtime import autocast
+from seqtool.runtime import autocast, set_threads
 from seqtool.tokenizer import Tokenizer
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # exactly Unicode category Cc (tab, CR, NUL, ESC, C1 controls ...)
@@ -78,17 +78,17 @@ def translate_ids(
 ) -> list[list[Hypothesis]]:
     """Search every source (ids without </s>) and return its hypotheses in input order; empty sources give [].
 
-    With `workers` > 1, that many batches are searched at once, each in its own thread and each with its share of
-    `batch_tokens` (so the memory in flight stays that of one batch). On a CPU this pays when each worker has its own
-    core (torch.set_num_threads(cores // workers)): a small model's ops are too short to keep two cores busy, two
-    batches are not. Outputs do not depend on the batch a sentence is in, so they are the same either way.
+    With `workers` > 1, that many batches are searched at once, each in its own thread. On a CPU this pays for beam
+    search when each worker has its own core (torch.set_num_threads(cores // workers)): a small model's ops are too
+    short to keep two cores busy, two batches are not. The batches are the same either way, so are the outputs.
     """
     check(workers >= 1, f"workers must be at least 1, got {workers}", kind=ConfigError)
     device = device or next(model.parameters()).device
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     todo = [i for i, ids in enumerate(src_ids) if len(ids) > 0]
-    budget = max(1, batch_tokens // workers)
-    batches = [[todo[j] for j in batch] for batch in length_batches([len(src_ids[i]) for i in todo], budget, cfg.beam)]
+    batches = [
+        [todo[j] for j in batch] for batch in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam)
+    ]
 
     @torch.inference_mode()
     def search_batch(rows: list[int]) -> list[list[Hypothesis]]:
@@ -138,6 +138,11 @@ class Translator:
         self.device = device
         self.precision = precision
         self.workers = workers  # batches searched at once (see translate_ids)
+
+    def use_workers(self, workers: int, threads_per_worker: int) -> None:
+        """Search `workers` batches at once, each on `threads_per_worker` CPU threads (see decode_parallelism)."""
+        set_threads(threads_per_worker)
+        self.workers = workers
 
     def translate(
         self,

@@ -163,7 +163,7 @@ def test_parallel_workers_change_nothing_but_speed(
     one = output_lines(translate(run_dir, *args, "--workers", "1", stdin=sentences))
     two = output_lines(translate(run_dir, *args, "--workers", "2", stdin=sentences))
     assert len(one) == 50 and [line.split("\t")[0] for line in two] == [line.split("\t")[0] for line in one]
-    for a, b in zip(one, two, strict=True):  # torch: each worker has half the token budget, so float noise only
+    for a, b in zip(one, two, strict=True):  # the same batches: at most float noise from thread scheduling
         assert float(b.split("\t")[1]) == pytest.approx(float(a.split("\t")[1]), abs=2e-4)
 
 
