@@ -280,7 +280,8 @@ def prepare(
     """Check the data, train the tokenizer if the config names one that does not exist, and build the encoded
     corpus cache ahead of training (e.g. before a multi-node run); `seqtool train` then reuses it.
 
-    Example: seqtool prepare recipes/l10n-en-de/transformer.yaml --set data.cache_dir=/data/cache
+    Example: seqtool prepare recipes/l10n-en-de/transformer.yaml --set tokenizer.model=data/l10n-en-de/spm.model
+    --set data.cache_dir=/data/cache (then train with the same --set flags)
     """
     from seqtool.config import load_config
     from seqtool.progress import RichReporter

@@ -775,7 +775,8 @@ def prepare(cfg: Config, run_dir: Path, log: Any) -> EncodedCorpus:
         raise ConfigError(
             "seqtool prepare needs the tokenizer's file named in the config (tokenizer.model, or src_model and "
             "tgt_model when joint is false)",
-            "name the file to use or to create, e.g. --set tokenizer.model=data/spm.model",
+            "name the file to use or to create, e.g. --set tokenizer.model=data/spm.model, and train with the same "
+            "--set (a tokenizer trained by `seqtool train` itself lives in its run directory)",
         )
     raw = _read_data(cfg)
     run = RunDir(Path(run_dir))
