@@ -47,7 +47,9 @@ _DROP_REASONS = ("empty", "too long", "length ratio")
 # Reading
 
 
-RELEASE_EVERY = 8192  # pair reads between dropping the memory-mapped pages from this process's resident set
+# pair reads between dropping the memory-mapped pages from this process's resident set: each read may touch two
+# new pages (ids and offsets), so at most ~8 MB per side stay mapped
+RELEASE_EVERY = 1024
 
 
 class MappedArray:

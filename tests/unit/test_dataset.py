@@ -287,7 +287,8 @@ def test_pages_read_during_training_leave_the_resident_set(tmp_path: Path) -> No
     assert corpus.src_lengths.tolist() == [length] * pairs  # reads every offset, then lets the pages go
     assert _mapped_rss_kb((directory / "src.offsets").resolve()) < 64
     ids_path = (directory / "src.ids").resolve()
-    step = 13  # pages all over the file, as shuffled batches read them
+    step = 41  # a new page at every read, all over the file, as shuffled batches read them
+    assert pairs // step < dataset.RELEASE_EVERY  # no release during these reads
     seen = [int(corpus.src(i)[0]) for i in range(0, pairs, step)]
     assert seen == [(i * length) % 5000 for i in range(0, pairs, step)]
     assert _mapped_rss_kb(ids_path) > 1000  # the pages are resident after the reads ...
