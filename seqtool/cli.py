@@ -368,9 +368,7 @@ def translate(
     ] = None,
     batch_tokens: Annotated[
         int | None,
-        typer.Option(
-            help="Token budget (source tokens × beam) of the batches in flight, shared by the workers.", min=1
-        ),
+        typer.Option(help="Token budget per batch (source tokens × beam); each worker searches its own.", min=1),
     ] = None,
     max_input_len: Annotated[
         int | None,
@@ -440,8 +438,7 @@ def translate(
                 "--checkpoint applies to --engine torch",
                 "export the checkpoint you want: seqtool export RUN_DIR --format ctranslate2 --checkpoint NAME",
             )
-        ct2_device = resolve_ct2_device(device.value)
-        translator, cfg = load_ct2_translator(run_dir, ct2_model, ct2_device, threads, workers)
+        translator, cfg = load_ct2_translator(run_dir, ct2_model, resolve_ct2_device(device.value), threads, workers)
     else:
         if ct2_model is not None:
             raise SeqtoolError("--ct2-model needs --engine ctranslate2")

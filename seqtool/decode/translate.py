@@ -131,13 +131,13 @@ class Translator:
     """A model and its tokenizer, turning text lines into translations."""
 
     def __init__(
-        self, model: Seq2SeqModel, tokenizer: Tokenizer, device: torch.device, precision: str = "fp32", workers: int = 1
+        self, model: Seq2SeqModel, tokenizer: Tokenizer, device: torch.device, precision: str = "fp32"
     ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = device
         self.precision = precision
-        self.workers = workers  # batches searched at once (see translate_ids)
+        self.workers = 1  # batches searched at once (use_workers; see translate_ids)
 
     def use_workers(self, workers: int, threads_per_worker: int) -> None:
         """Search `workers` batches at once, each on `threads_per_worker` CPU threads (see decode_parallelism)."""
