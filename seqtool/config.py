@@ -44,7 +44,7 @@ class DataConfig:
         "strict", "invalid UTF-8 in the corpus: strict = an error naming file and line; replace = U+FFFD"
     )
     unk_warn: float = _opt(0.01, "warn when more than this share of dev pieces is <unk>", min=0.0, max=1.0)
-    cache_dir: str = _opt("", "where the encoded training corpus is cached (memory-mapped); empty = RUN_DIR/cache")
+    cache_dir: str = _opt("", "where the encoded training corpus is cached (id arrays on disk); empty = RUN_DIR/cache")
     workers: int = _opt(0, "processes encoding the corpus into the cache; 0 = one per core", min=0)
 
 

@@ -108,7 +108,7 @@ class TrainResult:
 class EncodedData:
     """Training (filtered) and dev pairs as piece ids."""
 
-    train_src: Sequence[Sequence[int]]  # memory-mapped id arrays (seqtool.data.dataset), indexable like lists
+    train_src: Sequence[Sequence[int]]  # ids read from the on-disk cache (seqtool.data.dataset), indexable like lists
     train_tgt: Sequence[Sequence[int]]
     dev_src: list[list[int]]
     dev_tgt: list[list[int]]
@@ -223,7 +223,7 @@ def cache_workers(cfg: Config) -> int:
 
 
 def encoded_corpus(cfg: Config, run: RunDir, tokenizer: Tokenizer, log: Any) -> EncodedCorpus:
-    """The training corpus as memory-mapped ids from the on-disk cache, built (in parallel) when missing or stale."""
+    """The training corpus as ids read from the on-disk cache, built (in parallel) when missing or stale."""
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run.root / "cache"
     corpus, report, built = open_or_build(
         cache_dir,
