@@ -7,9 +7,9 @@ Usage (bench_scale.sh): start the command in the background, then
 
     .venv/bin/python tests/benchmarks/rss_sampler.py --pid PID --out rss.json
 
-PID may be /usr/bin/time's: the sampler follows its newest descendant. It samples every --interval seconds until
-the process exits, then writes one JSON object: the peak of each of VmRSS, RssAnon, RssFile and RssShmem (MB), the
-RssAnon and RssFile at the moment of peak VmRSS, and the number of samples.
+PID may be /usr/bin/time's: each sample is of the descendant with the largest VmRSS. It samples every --interval
+seconds until the process exits, then writes one JSON object: the peak of each of VmRSS, RssAnon, RssFile and
+RssShmem (MB), the RssAnon and RssFile at the moment of peak VmRSS, and the number of samples.
 """
 
 from __future__ import annotations
@@ -22,16 +22,17 @@ from pathlib import Path
 FIELDS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
 
 
-def leaf_process(pid: int) -> int:
-    """The newest descendant of `pid` by following /proc's children lists (pid itself when it has none)."""
-    while True:
+def descendants(pid: int) -> list[int]:
+    """`pid` and all its descendants, from /proc's children lists."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
         try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            todo += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
         except OSError:
-            return pid
-        if not children:
-            return pid
-        pid = int(children[-1])
+            continue
+    return found
 
 
 def memory_of(pid: int) -> dict[str, int] | None:
@@ -54,7 +55,10 @@ def sample(pid: int, interval: float) -> dict[str, float]:
     at_peak = {"RssAnon": 0, "RssFile": 0}
     samples = 0
     while Path(f"/proc/{pid}").exists():
-        memory = memory_of(leaf_process(pid))
+        # the largest descendant: multiprocessing's resource tracker outlives the encoding workers, so the
+        # newest child is not the trainer
+        measured = [m for m in map(memory_of, descendants(pid)) if m is not None]
+        memory = max(measured, key=lambda m: m["VmRSS"]) if measured else None
         if memory is not None:
             samples += 1
             if memory["VmRSS"] > peaks["VmRSS"]:
