@@ -35,7 +35,8 @@ bash "$B/setup.sh"
 if [ "${PEERS:-0}" = 1 ]; then
   if [ "$MODE" = speed ]; then bash "$B/peers.sh" prep joey eole; else bash "$B/peers.sh" prep joey eole ct2; fi
 else
-  bash "$B/peers.sh" prep
+  # the peers' models were trained on this very tokenizer: keep it (prep trains a new one)
+  [ -f "$D/test.raw.en" ] || bash "$B/peers.sh" prep
 fi
 for row in $ROWS; do
   IFS=: read -r name config precision <<< "$row"
