@@ -32,6 +32,11 @@ EPY=$PEERS_HOME/venv-eole/bin/python
 [ -f "$D/test.raw.en" ] || bash "$B/peers.sh" prep
 mkdir -p "$RESULTS"
 
+score_pieces() {  # row pieces hyp: detokenise a peer's output pieces, then score them as the harness does
+  $PY "$B/bench_lib.py" detok --spm "$D/spm.model" --inp "$2" --out "$3"
+  bash "$B/peers.sh" score "$1" "$3"
+}
+
 joey_greedy() {  # the harness's joey_decode for beam 1 only, on the model and config of its joey_train
   local J=$RUNS/joey ck conf=$RUNS/configs/joey_decode_beam1.yaml
   ck=$(readlink -f "$J/model/latest.ckpt" || true)
@@ -42,8 +47,7 @@ joey_greedy() {  # the harness's joey_decode for beam 1 only, on the model and c
   $PY "$B/bench_lib.py" cpu-probe --threads 2 > "$RESULTS/cpu_probe.joey.beam1.json"
   bash "$B/peers.sh" measure joey.beam1 --stdin "$D/test.en" --stdout "$J/out/test.beam1.sp" \
     --stderr "$J/out/decode.beam1.log" -- "$PEERS_HOME/venv-joey/bin/python" -m joeynmt translate "$conf"
-  $PY "$B/bench_lib.py" detok --spm "$D/spm.model" --inp "$J/out/test.beam1.sp" --out "$J/out/test.beam1.txt"
-  bash "$B/peers.sh" score joey.beam1 "$J/out/test.beam1.txt"
+  score_pieces joey.beam1 "$J/out/test.beam1.sp" "$J/out/test.beam1.txt"
 }
 
 case "${PEERS:-0}" in
@@ -59,8 +63,7 @@ ct2_own() {  # beam: CTranslate2's own Python API on our int8 export, with the h
   bash "$B/peers.sh" measure "$row" --repeat 2 --stdout "$RESULTS/$row.json" -- \
     $PY "$B/bench_lib.py" ct2 --model "$RUN/ct2-int8" --inp "$D/test.en" --out "$RESULTS/$row.sp" --beam "$beam" \
     --batch 32 --compute-type int8 --threads 2 --maxlen 202
-  $PY "$B/bench_lib.py" detok --spm "$D/spm.model" --inp "$RESULTS/$row.sp" --out "$RESULTS/$row.hyp"
-  bash "$B/peers.sh" score "$row" "$RESULTS/$row.hyp"
+  score_pieces "$row" "$RESULTS/$row.sp" "$RESULTS/$row.hyp"
 }
 
 eole_step() {  # newest complete Eole step folder under $1 (a harness RUNS folder), or nothing
@@ -85,26 +88,29 @@ eole_template() {  # an Eole model of the harness's architecture, for its config
   echo "$tpl"
 }
 
-eole_same() {  # beam: Eole's own decoding of our weights, with the harness's settings for Eole's model
-  local beam=$1 row=$NAME-eole-same.beam$1 ckpt
+eole_convert() {  # our best checkpoint as an Eole model in $RUN/eole, and Eole's input for it
+  local ckpt
   ckpt=$($PY -c 'import sys; from pathlib import Path; from seqtool.rundir import RunDir, resolve_checkpoint
 print(resolve_checkpoint(RunDir(Path(sys.argv[1])), "best"))' "$RUN")
   "$EPY" tests/benchmarks/to_eole.py "$ckpt" "$RUN/spm.model" "$(eole_template)" "$RUN/eole" >&2
   sed 's|$| </s>|' "$D/test.en" > "$RESULTS/$NAME-eole-same.src"  # our encoder reads `pieces </s>` (see to_eole.py)
+}
+
+eole_same() {  # beam: Eole's own decoding of our weights (eole_convert first), with the harness's Eole settings
+  local beam=$1 row=$NAME-eole-same.beam$1
   $PY "$B/bench_lib.py" cpu-probe --threads 2 > "$RESULTS/cpu_probe.$row.json"
   bash "$B/peers.sh" measure "$row" --repeat 2 --stdout "$RESULTS/$row.log" --stderr stdout -- \
     "$PEERS_HOME/venv-eole/bin/eole" predict -model_path "$RUN/eole" -src "$RESULTS/$NAME-eole-same.src" \
     -output "$RESULTS/$row.sp" -beam_size "$beam" -batch_size 32 -batch_type sents -max_length_ratio 1.5 \
     -max_length 250 -seed 42 -report_time
-  $PY "$B/bench_lib.py" detok --spm "$D/spm.model" --inp "$RESULTS/$row.sp" --out "$RESULTS/$row.hyp"
-  bash "$B/peers.sh" score "$row" "$RESULTS/$row.hyp"
+  score_pieces "$row" "$RESULTS/$row.sp" "$RESULTS/$row.hyp"
 }
 
 for variant in $VARIANTS; do
   opts=()
   case "$variant" in
     ct2own-int8) for beam in $BEAMS; do ct2_own "$beam"; done; continue ;;
-    eole-same) for beam in $BEAMS; do eole_same "$beam"; done; continue ;;
+    eole-same) eole_convert; for beam in $BEAMS; do eole_same "$beam"; done; continue ;;
     torch) ;;
     serial) opts=(--workers 1) ;;
     int8) opts=(--quantize int8) ;;
