@@ -338,6 +338,8 @@ class StopRule(str, Enum):
 
 
 class Quantize(str, Enum):
+    auto = "auto"
+    none = "none"
     int8 = "int8"
 
 
@@ -352,8 +354,8 @@ def translate(
     length_penalty: Annotated[
         float | None,
         typer.Option(
-            help="Length penalty alpha; 0 = none. Beam search ranks by log_prob / lp(n), n = output tokens with </s>: "
-            "torch lp = ((5 + n) / 6) ** alpha (GNMT), ctranslate2 lp = n ** alpha.",
+            help="Length penalty alpha; 0 = none. Beam search ranks by log_prob / ((5 + n) / 6) ** alpha (GNMT), "
+            "n = output tokens with </s> (--engine ctranslate2: it searches with n ** alpha, then ranks by GNMT).",
             min=0.0,
         ),
     ] = None,
@@ -395,9 +397,12 @@ def translate(
         typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2)."),
     ] = None,
     quantize: Annotated[
-        Quantize | None,
-        typer.Option(help="Dynamic int8 quantization of the Linear layers (torch engine, CPU only)."),
-    ] = None,
+        Quantize,
+        typer.Option(
+            help="int8: int8 Linear layers, inputs quantized per token (torch engine, CPU only); none: fp32 weights; "
+            "auto: int8 for a Transformer on the CPU without --precision bf16, else none."
+        ),
+    ] = Quantize.auto,
     nbest: Annotated[
         int,
         typer.Option(help="Print the K best translations per line as `LINE<TAB>TEXT<TAB>SCORE` (K <= beam).", min=1),
@@ -428,7 +433,8 @@ def translate(
     if engine is Engine.ctranslate2:
         from seqtool.decode.ct2_engine import load_ct2_translator, resolve_ct2_device
 
-        for given, flag in ((quantize is not None, "--quantize"), (precision is not Precision.fp32, "--precision")):
+        given_flags = ((quantize is not Quantize.auto, "--quantize"), (precision is not Precision.fp32, "--precision"))
+        for given, flag in given_flags:
             if given:
                 raise SeqtoolError(
                     f"{flag} applies to --engine torch", "a CTranslate2 model computes in its export's --quantization"
@@ -487,31 +493,30 @@ def _torch_translator(
     device: Device,
     precision: Precision,
     threads: int,
-    quantize: Quantize | None,
+    quantize: Quantize,
 ) -> tuple[Translator, Config]:
-    """seqtool's own engine: the run's model on its device, dynamically quantized with --quantize."""
+    """seqtool's own engine: the run's model on its device, in int8 as --quantize says (`resolve_quantize`)."""
     import torch
 
+    from seqtool.decode.quantize import quantize_model, resolve_quantize
     from seqtool.decode.translate import Translator
     from seqtool.rundir import load_for_inference
     from seqtool.runtime import limit_onednn_cache, resolve_device, set_threads
 
     set_threads(threads)  # for loading; `translate` then shares the threads out among its workers
     limit_onednn_cache()
-    dev = (
-        resolve_device(device.value)
-        if quantize is None
-        else torch.device("cpu" if device is Device.auto else device.value)
+    if quantize is Quantize.int8:  # asked for: the device must be the CPU (quantize_model says so if not)
+        if precision is not Precision.fp32:
+            raise SeqtoolError(f"--quantize int8 and --precision {precision.value} exclude each other")
+        dev = torch.device("cpu" if device is Device.auto else device.value)
+    else:
+        dev = resolve_device(device.value)
+    model, tokenizer, cfg, _ = load_for_inference(
+        run_dir, checkpoint, torch.device("cpu") if quantize is Quantize.int8 else dev
     )
-    if quantize is None:
-        model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, dev)
-        return Translator(model, tokenizer, dev, precision.value), cfg
-    from seqtool.decode.quantize import quantize_model
-
-    if precision is not Precision.fp32:
-        raise SeqtoolError(f"--quantize {quantize.value} and --precision {precision.value} exclude each other")
-    model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, torch.device("cpu"))
-    model = quantize_model(model, quantize.value, dev)
+    scheme = resolve_quantize(quantize.value, dev, precision.value, cfg.model.kind)
+    if scheme != "none":
+        model = quantize_model(model, scheme, dev)
     return Translator(model, tokenizer, dev, precision.value), cfg
 
 

@@ -7,8 +7,10 @@ token-budget batches sorted by length), with CTranslate2's search instead of our
   floor(a * its longest source + b) (source lengths counting </s>, as ours do); a hypothesis longer than its own
   sentence's limit is then cut to it and rescored with </s> appended (CTranslate2's `score_batch`), which is what
   our search does when it forces </s> at the limit. Greedy outputs are therefore the same as ours.
-- Length penalty: CTranslate2 ranks beam hypotheses by log_prob / n ** alpha, with n the number of generated
-  tokens (</s> included), not by our GNMT ((5 + n) / 6) ** alpha; alpha is passed through unchanged.
+- Length penalty: CTranslate2 ranks finished beam hypotheses by log_prob / n ** alpha (n = generated tokens, </s>
+  included), ours by GNMT's log_prob / ((5 + n) / 6) ** alpha, which prefers shorter outputs. CTranslate2 searches
+  with its own rule, returns all `beam` finished hypotheses, and these are then ranked by ours (`gnmt_score`), so
+  that both engines pick by the same rule among what they found.
 - Log-probabilities: CTranslate2 renormalises the softmax after suppressing <s> and <pad>, ours does not; the
   difference is the tiny probability mass of those two tokens.
 """
@@ -135,7 +137,7 @@ class CTranslate2Translator:
             futures = self.translator.translate_batch(
                 pieces,
                 beam_size=cfg.beam,
-                num_hypotheses=cfg.nbest,
+                num_hypotheses=cfg.beam,  # all of them, ranked by our length penalty in _collect
                 length_penalty=self._alpha(cfg),
                 max_input_length=0,  # truncation is ours (max_input_len), done before
                 max_decoding_length=max(1, min(max(limits), self.positions)),
@@ -174,11 +176,11 @@ class CTranslate2Translator:
                 if len(ids) >= limit:  # at (or past) the limit: ours would force </s> here
                     ids = ids[:limit]
                     rescore.append((s, rank, ids))
-                nbest.append((ids, log_prob, score))
+                nbest.append((ids, log_prob, gnmt_score(log_prob, len(ids) + 1, alpha)))
             nbests.append(nbest)
         if rescore:
             self._rescore(pieces, rescore, nbests, alpha)
-        return [_unique(nbest) for nbest in nbests]
+        return [_unique(sorted(nbest, key=lambda hyp: -hyp[2]))[: cfg.nbest] for nbest in nbests]
 
     def _rescore(
         self,
@@ -187,19 +189,20 @@ class CTranslate2Translator:
         nbests: list[list[tuple[list[int], float, float]]],
         alpha: float,
     ) -> None:
-        """Log-probability of `tokens </s>` for hypotheses cut at their limit; their sentence's n-best is re-sorted."""
+        """Log-probability and score of `tokens </s>` for hypotheses cut at their limit."""
         targets = [[self.tgt_vocab[i] for i in ids] for _, _, ids in rescore]
         try:
             scored = self.translator.score_batch([pieces[s] for s, _, _ in rescore], targets, max_input_length=0)
         except (RuntimeError, ValueError) as exc:
             raise EngineError(f"CTranslate2 failed: {exc}") from None
-        touched = set()
         for (s, rank, ids), result in zip(rescore, scored, strict=True):
             log_prob = float(sum(result.log_probs))  # the tokens and </s>
-            nbests[s][rank] = (ids, log_prob, log_prob / (len(ids) + 1) ** alpha)
-            touched.add(s)
-        for s in touched:
-            nbests[s].sort(key=lambda hyp: -hyp[2])
+            nbests[s][rank] = (ids, log_prob, gnmt_score(log_prob, len(ids) + 1, alpha))
+
+
+def gnmt_score(log_prob: float, length: int, alpha: float) -> float:
+    """Our search's ranking score of a hypothesis of `length` tokens (</s> included): GNMT's length penalty."""
+    return log_prob / ((5.0 + length) / 6.0) ** alpha
 
 
 def _unique(nbest: list[tuple[list[int], float, float]]) -> list[tuple[list[int], float, float]]:

@@ -57,6 +57,22 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, d_model, bias=bias)
         self.v_proj = nn.Linear(d_model, d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.qkv_proj: nn.Linear | None = None  # q, k and v projections in one matmul, made by `fuse_qkv`
+
+    def fuse_qkv(self) -> None:
+        """Add `qkv_proj`, the q/k/v projections stacked into one Linear, for `project_qkv` at inference.
+
+        Fewer and larger matmuls per decoder step; the separate projections stay for training and inspection.
+        """
+        bias = self.q_proj.bias is not None
+        fused = nn.Linear(self.q_proj.in_features, 3 * self.q_proj.out_features, bias=bias)
+        fused = fused.to(device=self.q_proj.weight.device, dtype=self.q_proj.weight.dtype)
+        with torch.no_grad():
+            projections = (self.q_proj, self.k_proj, self.v_proj)
+            fused.weight.copy_(torch.cat([p.weight for p in projections]))
+            if bias:
+                fused.bias.copy_(torch.cat([p.bias for p in projections]))
+        self.qkv_proj = fused.requires_grad_(False)
 
     def _split_heads(self, x: Tensor) -> Tensor:
         """(batch, len, d_model) -> (batch, heads, len, head_dim)."""
@@ -66,6 +82,14 @@ class MultiHeadAttention(nn.Module):
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Project keys and values once: x (batch, key_len, d_model) -> k, v each (batch, heads, key_len, head_dim)."""
         return self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Self-attention projections of x (batch, len, d_model): q, k, v each (batch, heads, len, head_dim)."""
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
+        return self._split_heads(q), self._split_heads(k), self._split_heads(v)
 
     def attend(
         self,
@@ -80,6 +104,17 @@ class MultiHeadAttention(nn.Module):
         key_padding_mask: (batch, key_len) bool, True = real key. Returns (batch, q_len, d_model).
         """
         q = self._split_heads(self.q_proj(query))  # (batch, heads, q_len, head_dim)
+        return self.attend_projected(q, k, v, key_padding_mask, causal)
+
+    def attend_projected(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None = None,
+        causal: bool = False,
+    ) -> Tensor:
+        """`attend` with the queries already projected: q (batch, heads, q_len, head_dim)."""
         q_len, key_len = q.size(2), k.size(2)
         # The fused causal path needs square (top-left aligned) masks and no padding; otherwise pass an explicit mask.
         is_causal = causal and key_padding_mask is None and q_len == key_len

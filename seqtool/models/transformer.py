@@ -98,11 +98,11 @@ class DecoderLayer(_ResidualLayer):
     def _self_attention_block(self, x: Tensor, past: KVPair | None) -> tuple[Tensor, KVPair]:
         """Causal self-attention; with `past` keys/values (incremental decoding) the new ones are appended."""
         h = self._sublayer_input(x, self.norm1)
-        k, v = self.self_attn.project_kv(h)  # (batch, heads, tgt_len, head_dim)
+        q, k, v = self.self_attn.project_qkv(h)  # (batch, heads, tgt_len, head_dim)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         # With a cache the new positions are the last ones, so the (bottom-right aligned) causal mask is still right.
-        return self._sublayer_output(x, self.self_attn.attend(h, k, v, causal=True), self.norm1), (k, v)
+        return self._sublayer_output(x, self.self_attn.attend_projected(q, k, v, causal=True), self.norm1), (k, v)
 
     def forward(
         self, x: Tensor, memory_kv: KVPair, src_mask: Tensor, past: KVPair | None = None, group: int = 1

@@ -5,12 +5,15 @@
 #   PEERS=1 ...   first re-decode the peers' models trained by `MODE=quality bench_train.sh` / `peers.sh` (Eole and
 #                 CTranslate2, so that they run in the same sitting; PEERS=joey adds JoeyNMT's slow decoding)
 #   PEERS=joey-greedy   only JoeyNMT's greedy decoding of its model (its beam 5 alone takes about 30 minutes here)
-#   VARIANTS="torch serial int8 bf16 ct2-int8 ct2-fp32 ct2own-int8"   which rows (default: all); BEAMS="5 1";
+#   VARIANTS="default torch serial int8 bf16 ct2-int8 ct2-fp32 ct2own-int8 eole-same"   which rows (default: all);
+#   BEAMS="5 1";
 #   NAME=seqtool
 # Rows: NAME-<variant>.beamN.{time,score,count}.json in $RESULTS; then the harness's summary table.
-#   torch     seqtool translate (PyTorch, fp32; by default one batch per thread at once)
+#   default   seqtool translate as it comes (a Transformer on the CPU: int8, one batch per thread at once)
+#   torch     + --quantize none (the PyTorch path in fp32)
 #   serial    + --workers 1 (one batch at a time, every thread on it)
-#   int8      + --quantize int8 (dynamic, Linear layers)   bf16      + --precision bf16 (AMX/AVX-512-bf16)
+#   int8      + --quantize int8 (int8 Linear layers, per-token scales)
+#   bf16      + --precision bf16 (AMX/AVX-512-bf16; no int8)
 #   ct2-int8  seqtool export --quantization int8, then seqtool translate --engine ctranslate2
 #   ct2-fp32  the same with float32 weights
 #   ct2own-int8  CTranslate2's own decoding of that int8 export, by the harness's code (as for Eole's model)
@@ -23,7 +26,7 @@ export MODE=quality PEERS_HOME=${PEERS_HOME:-$HOME/.cache/seqtool-peers}
 RUNS=${RUNS:-$PEERS_HOME/runs}; RESULTS=${RESULTS:-$RUNS/results}; D=$RUNS/data
 RUN=${RUN:-runs/bench-seqtool-bf16}
 NAME=${NAME:-seqtool}
-VARIANTS=${VARIANTS:-"torch serial int8 bf16 ct2-int8 ct2-fp32 ct2own-int8 eole-same"}
+VARIANTS=${VARIANTS:-"default torch serial int8 bf16 ct2-int8 ct2-fp32 ct2own-int8 eole-same"}
 BEAMS=${BEAMS:-"5 1"}
 SEQTOOL=${SEQTOOL:-$PWD/.venv/bin/seqtool}
 PY=.venv/bin/python
@@ -111,7 +114,8 @@ for variant in $VARIANTS; do
   case "$variant" in
     ct2own-int8) for beam in $BEAMS; do ct2_own "$beam"; done; continue ;;
     eole-same) eole_convert; for beam in $BEAMS; do eole_same "$beam"; done; continue ;;
-    torch) ;;
+    default) ;;
+    torch) opts=(--quantize none) ;;
     serial) opts=(--workers 1) ;;
     int8) opts=(--quantize int8) ;;
     bf16) opts=(--precision bf16) ;;
