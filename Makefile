@@ -44,7 +44,7 @@ bench-quality: setup
 	MODE=quality bash tests/benchmarks/bench_train.sh
 
 # decoding speed of a trained run (default: bench-quality's Transformer) beside Eole and CTranslate2 (PEERS=1
-# re-decodes the peers' models in the same sitting): torch fp32, --quantize int8, bf16 and the CTranslate2 engine
+# re-decodes the peers' models in the same sitting): the defaults (int8), fp32, bf16 and the CTranslate2 engine
 bench-translate: setup
 	bash tests/benchmarks/bench_translate.sh
 
