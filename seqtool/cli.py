@@ -306,8 +306,8 @@ def average(
 
     Example: seqtool average runs/wes --last 5 && seqtool translate runs/wes --checkpoint averaged < test.en
     """
+    from seqtool.checkpoint import average_checkpoint_files, save_checkpoint
     from seqtool.rundir import RunDir, read_run_config
-    from seqtool.train.checkpoint import average_checkpoint_files, save_checkpoint
 
     run = RunDir(run_dir)
     read_run_config(run)  # a clear error when this is not a run directory

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from seqtool.checkpoint import load_checkpoint
 from seqtool.config import Config, config_from_dict
 from seqtool.errors import CheckpointError
 from seqtool.models import build_model
 from seqtool.models.base import Seq2SeqModel
 from seqtool.tokenizer import Tokenizer
-from seqtool.train.checkpoint import load_checkpoint
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,18 @@ from pathlib import Path
 import sentencepiece as spm
 
 from seqtool.errors import DataError, SeqtoolError
-from seqtool.models.base import SpecialIds
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Ids of the special symbols, owned by the tokenizer (data and models import them from here)."""
+
+    pad: int
+    bos: int
+    eos: int
+    unk: int
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from seqtool.models.base import SpecialIds
+from seqtool.tokenizer import SpecialIds
 
 
 @dataclass

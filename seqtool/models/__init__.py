@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 from seqtool.config import ModelConfig, RNNConfig, TransformerConfig
 from seqtool.errors import ConfigError
-from seqtool.models.base import Seq2SeqModel, SpecialIds
+from seqtool.models.base import Seq2SeqModel
+from seqtool.tokenizer import SpecialIds
 
 
 def _transformer(cfg: TransformerConfig, src_vocab: int, tgt_vocab: int, specials: SpecialIds) -> Seq2SeqModel:

@@ -16,15 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class SpecialIds:
-    """Ids of the special symbols shared by tokenizer and model."""
-
-    pad: int
-    bos: int
-    eos: int
-    unk: int
+from seqtool.tokenizer import SpecialIds
 
 
 @dataclass

@@ -24,8 +24,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from seqtool.models.attention import BahdanauAttention, LuongAttention
-from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, SpecialIds
+from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel
 from seqtool.models.dropout import Dropout
+from seqtool.tokenizer import SpecialIds
 
 RNN_CELLS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
 ATTENTION_KINDS = ("none", "bahdanau", "luong")

@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from seqtool.models.attention import MultiHeadAttention
-from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, SpecialIds, select_rows
+from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, select_rows
 from seqtool.models.dropout import Dropout
+from seqtool.tokenizer import SpecialIds
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from seqtool import __version__
 from seqtool.atomic import atomic_write_text
+from seqtool.checkpoint import average_checkpoint_files, load_checkpoint, save_checkpoint
 from seqtool.config import Config, config_diff, config_to_dict, dump_config
 from seqtool.data.batching import Batch, BatchSampler, make_batch
 from seqtool.data.corpus import check_utf8, read_parallel
@@ -46,7 +47,6 @@ from seqtool.runtime import (
     set_threads,
 )
 from seqtool.tokenizer import Tokenizer, TokenizerSpec, train_sentencepiece
-from seqtool.train.checkpoint import average_checkpoint_files, load_checkpoint, save_checkpoint
 from seqtool.train.distributed import (
     all_reduce,
     barrier,

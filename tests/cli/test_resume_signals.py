@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from seqtool.train.checkpoint import load_checkpoint
+from seqtool.checkpoint import load_checkpoint
 
 
 def config(corpus: dict[str, Path], path: Path) -> Path:

@@ -11,7 +11,8 @@ from seqtool.config import RNNConfig, TransformerConfig
 from seqtool.data.batching import make_batch, pad_sequences
 from seqtool.decode.search import SearchConfig, search
 from seqtool.models import build_model
-from seqtool.models.base import Seq2SeqModel, SpecialIds
+from seqtool.models.base import Seq2SeqModel
+from seqtool.tokenizer import SpecialIds
 from seqtool.train.loss import label_smoothed_nll
 
 SPECIALS = SpecialIds(pad=3, bos=1, eos=2, unk=0)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from seqtool.data.batching import BatchSampler, bucket_batches, make_batch
 from seqtool.data.corpus import filter_pairs, read_lines, read_parallel
 from seqtool.errors import DataError
-from seqtool.models.base import SpecialIds
+from seqtool.tokenizer import SpecialIds
 from seqtool.train.loss import label_smoothed_nll
 
 SPECIALS = SpecialIds(pad=3, bos=1, eos=2, unk=0)

@@ -12,9 +12,10 @@ from torch import Tensor
 from seqtool.decode.quantize import quantize_model
 from seqtool.decode.search import SearchConfig, search
 from seqtool.decode.translate import translate_ids
-from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, SpecialIds
+from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel
 from seqtool.models.rnn import RNNSeq2Seq
 from seqtool.models.transformer import Transformer
+from seqtool.tokenizer import SpecialIds
 
 SPECIALS = SpecialIds(pad=0, bos=1, eos=2, unk=3)
 VOCAB = 40

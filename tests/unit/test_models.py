@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqtool.models.attention import BahdanauAttention, LuongAttention, MultiHeadAttention
-from seqtool.models.base import Seq2SeqModel, SpecialIds
+from seqtool.models.base import Seq2SeqModel
 from seqtool.models.rnn import RNNSeq2Seq
 from seqtool.models.transformer import Transformer
+from seqtool.tokenizer import SpecialIds
 
 SPECIALS = SpecialIds(pad=0, bos=1, eos=2, unk=3)
 VOCAB = 13

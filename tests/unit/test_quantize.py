@@ -10,9 +10,9 @@ from torch import nn
 
 from seqtool.decode.quantize import Int8Linear, quantize_model, quantize_rows, resolve_quantize
 from seqtool.errors import SeqtoolError
-from seqtool.models.base import SpecialIds
 from seqtool.models.rnn import RNNSeq2Seq
 from seqtool.models.transformer import Transformer
+from seqtool.tokenizer import SpecialIds
 
 SPECIALS = SpecialIds(pad=0, bos=1, eos=2, unk=3)
 CPU = torch.device("cpu")

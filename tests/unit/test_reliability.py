@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from seqtool import atomic as atomic_module
+from seqtool.checkpoint import load_checkpoint, save_checkpoint
 from seqtool.config import RNNConfig
 from seqtool.errors import CheckpointError, DataError, TrainingError
 from seqtool.models import build_model
-from seqtool.models.base import SpecialIds
 from seqtool.rundir import RunDir, load_for_inference, load_model_weights
+from seqtool.tokenizer import SpecialIds
 from seqtool.train import trainer as trainer_module
-from seqtool.train.checkpoint import load_checkpoint, save_checkpoint
 from seqtool.train.trainer import Trainer
 from tests.unit.test_trainer import tiny_config
 

@@ -18,7 +18,8 @@ from seqtool.decode.search import (
     score_sequence,
     search,
 )
-from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, SpecialIds
+from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel
+from seqtool.tokenizer import SpecialIds
 
 SP = SpecialIds(pad=0, bos=1, eos=2, unk=3)
 A, B, C = 4, 5, 6

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from seqtool.checkpoint import load_checkpoint
 from seqtool.config import Config, RNNConfig, TransformerConfig
 from seqtool.data.batching import make_batch
 from seqtool.rundir import RunDir
-from seqtool.train.checkpoint import load_checkpoint
 from seqtool.train.trainer import Trainer
 
 
