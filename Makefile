@@ -4,20 +4,32 @@ TORCH ?= torch==2.13.0
 VENV  := .venv
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BROWSER := $(VENV)/.browser
 
-.PHONY: setup demo test test-slow lint format clean bench-train bench-quality bench-translate bench-scale docs
+.PHONY: setup demo test test-slow lint format clean bench-train bench-quality bench-translate bench-serve bench-scale docs
 
-setup: $(STAMP)
+setup: $(STAMP) $(BROWSER)
 
-# torch first, pinned (an unpinned torch would pull a multi-GB CUDA build); then the package with its dev, plot
-# and ct2 (CTranslate2 export and engine) extras.
+# torch first, pinned (an unpinned torch would pull a multi-GB CUDA build); then the package with its dev, plot,
+# ct2 (CTranslate2 export and engine) and serve (seqtool serve: FastAPI, uvicorn) extras.
 # Re-runs only when pyproject.toml changes or the torch pin does.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,plot,ct2]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,plot,ct2,serve]"
 	@echo "$(TORCH)" > $(STAMP)
+
+# Debian's Chromium for the web page's browser test (tests/serve/test_page_browser.py): Playwright drives it through
+# executable_path, as its own browser download cannot work offline. Installed with apt-get when run as root;
+# elsewhere the browser test is skipped with a reason (CI sets SEQTOOL_REQUIRE_BROWSER=1: there it must run).
+$(BROWSER): $(STAMP)
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: no chromium, and apt-get needs root: the browser test will be skipped"; fi
+	@touch $(BROWSER)
 
 # a different TORCH= than last time forces a re-install
 ifneq ($(wildcard $(STAMP)),)
@@ -47,6 +59,10 @@ bench-quality: setup
 # re-decodes the peers' models in the same sitting): the defaults (int8), fp32, bf16 and the CTranslate2 engine
 bench-translate: setup
 	bash tests/benchmarks/bench_translate.sh
+
+# seqtool serve under 1, 8, 32 and 64 concurrent clients beside offline translate (torch and CTranslate2 engines)
+bench-serve: setup
+	bash tests/benchmarks/bench_serve.sh
 
 # corpora larger than RAM: cache build + 500 training steps on 1M and 5M synthetic pairs, peak RSS (about 40 min)
 bench-scale: setup

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from enum import Enum
@@ -12,13 +11,16 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from seqtool import __version__
+from seqtool.config import ServeConfig
+from seqtool.decode import DecodeOptions  # light: the heavy modules load inside the commands that need them
 from seqtool.errors import DataError, SeqtoolError
 
-if TYPE_CHECKING:  # the heavy modules load inside the commands that need them, so that --help stays fast
-    from seqtool.config import Config
-    from seqtool.decode.ct2_engine import CTranslate2Translator
+if TYPE_CHECKING:
+    from seqtool.decode import TranslatorLike
     from seqtool.decode.search import SearchConfig
-    from seqtool.decode.translate import Translator
+
+_DECODE = DecodeOptions()  # the defaults of translate's engine options
+_SERVE = ServeConfig()  # the defaults of serve's options
 
 app = typer.Typer(
     name="seqtool",
@@ -149,21 +151,10 @@ def tokenizer_train(
 
     Example: seqtool tokenizer train -i data/train.en -i data/train.de --vocab-size 8000 -o spm
     """
-    from seqtool.tokenizer import TokenizerSpec, train_sentencepiece
+    from seqtool.tokenizer import TokenizerSpec, train_tokenizers
 
     spec = TokenizerSpec(vocab_size, model_type.value, character_coverage, input_sentence_size, seed)
-    if separate:
-        suffixes = [p.suffix.lstrip(".") or str(i) for i, p in enumerate(inputs)]
-        if len(set(suffixes)) < len(suffixes):
-            suffixes = [str(i) for i in range(len(inputs))]
-        jobs = [([p], Path(f"{output}.{s}")) for p, s in zip(inputs, suffixes, strict=True)]
-    else:
-        jobs = [(list(inputs), output)]
-    for _, prefix in jobs:
-        model_file = Path(f"{prefix}.model")
-        _refuse_existing(model_file, overwrite)
-    for files, prefix in jobs:
-        path = train_sentencepiece(files, prefix, spec)
+    for path in train_tokenizers(inputs, output, spec, separate, overwrite):
         typer.echo(f"wrote {path} and {path.with_suffix('.vocab')}", err=True)
 
 
@@ -238,9 +229,8 @@ def train(
 
     Example: seqtool train recipes/wesnoth-en-de/transformer.yaml --set train.max_steps=2000 --run-dir runs/wes
     """
-    from seqtool.config import load_config
     from seqtool.progress import RichReporter
-    from seqtool.rundir import RunDir
+    from seqtool.rundir import training_config
     from seqtool.train.trainer import train as run_training
 
     sets = list(overrides or [])
@@ -248,17 +238,7 @@ def train(
         sets.append(f"train.device={device.value}")
     if encoding_errors is not None:
         sets.append(f"data.encoding_errors={encoding_errors.value}")
-    if resume and config.is_dir():
-        run_dir = run_dir or config
-        config = RunDir(config).config
-        if not config.is_file():
-            raise SeqtoolError(f"{run_dir} is not a seqtool run directory (no config.yaml)")
-    if resume and init_from:
-        raise SeqtoolError(
-            "--resume and --init-from exclude each other", "--resume continues a run; --init-from starts one"
-        )
-    cfg = load_config(config, sets)
-    target = run_dir or Path("runs") / cfg.name
+    cfg, target = training_config(config, sets, run_dir, resume, init_from)
     result = run_training(cfg, target, resume=resume, overwrite=overwrite, init_from=init_from, reporter=RichReporter())
     if result.stop_reason == "interrupted":
         raise typer.Exit(130)
@@ -285,11 +265,12 @@ def prepare(
     """
     from seqtool.config import load_config
     from seqtool.progress import RichReporter
-    from seqtool.train.trainer import prepare as prepare_data
+    from seqtool.rundir import default_run_dir
+    from seqtool.train.setup import prepare as prepare_data
 
     cfg = load_config(config, list(overrides or []))
     reporter = RichReporter()
-    corpus = prepare_data(cfg, run_dir or Path("runs") / cfg.name, reporter.message)
+    corpus = prepare_data(cfg, default_run_dir(cfg, run_dir), reporter.message)
     typer.echo(f"ready: {len(corpus):,} training pairs encoded in {corpus.directory}", err=True)
 
 
@@ -306,21 +287,10 @@ def average(
 
     Example: seqtool average runs/wes --last 5 && seqtool translate runs/wes --checkpoint averaged < test.en
     """
-    from seqtool.checkpoint import average_checkpoint_files, save_checkpoint
-    from seqtool.rundir import RunDir, read_run_config
+    from seqtool.rundir import average_run
 
-    run = RunDir(run_dir)
-    read_run_config(run)  # a clear error when this is not a run directory
-    paths = run.step_checkpoints()[-last:]
-    if len(paths) < 2:
-        raise SeqtoolError(
-            f"{run.checkpoints} holds {len(paths)} step checkpoint(s); averaging needs at least 2",
-            "train with train.save_every set (e.g. --set train.save_every=500)",
-        )
-    target = output or run.checkpoint("averaged")
-    _refuse_existing(target, overwrite)
-    save_checkpoint(target, average_checkpoint_files(paths))
-    typer.echo(f"averaged {', '.join(p.name for p in paths)} into {target}", err=True)
+    result = average_run(run_dir, last, output, overwrite)
+    typer.echo(f"averaged {', '.join(p.name for p in result.inputs)} into {result.output}", err=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -376,10 +346,12 @@ def translate(
         int | None,
         typer.Option(help="Source pieces per line; longer lines are truncated (default: decode.max_input_len).", min=1),
     ] = None,
-    checkpoint: Annotated[str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")] = "best",
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.auto,
-    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision.fp32,
-    threads: Annotated[int, typer.Option(help="CPU threads in all (0 = one per core).", min=0)] = 0,
+    checkpoint: Annotated[
+        str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")
+    ] = _DECODE.checkpoint,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device(_DECODE.device),
+    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision(_DECODE.precision),
+    threads: Annotated[int, typer.Option(help="CPU threads in all (0 = one per core).", min=0)] = _DECODE.threads,
     workers: Annotated[
         int,
         typer.Option(
@@ -387,22 +359,22 @@ def translate(
             "--stream: 1).",
             min=0,
         ),
-    ] = 0,
+    ] = _DECODE.workers,
     engine: Annotated[
         Engine,
         typer.Option(help="torch (seqtool's own search), or ctranslate2 (a model written by `seqtool export`)."),
-    ] = Engine.torch,
+    ] = Engine(_DECODE.engine),
     ct2_model: Annotated[
         Path | None,
         typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2)."),
-    ] = None,
+    ] = _DECODE.ct2_model,
     quantize: Annotated[
         Quantize,
         typer.Option(
             help="int8: int8 Linear layers, inputs quantized per token (torch engine, CPU only); none: fp32 weights; "
             "auto: int8 for a Transformer on the CPU without --precision bf16, else none."
         ),
-    ] = Quantize.auto,
+    ] = Quantize(_DECODE.quantize),
     nbest: Annotated[
         int,
         typer.Option(help="Print the K best translations per line as `LINE<TAB>TEXT<TAB>SCORE` (K <= beam).", min=1),
@@ -422,107 +394,51 @@ def translate(
 
     Example: seqtool translate runs/demo --beam 5 < data/test.en > hyp.de
     """
+    from seqtool.decode import load_translator
     from seqtool.decode.search import SearchConfig
-    from seqtool.decode.translate import format_translations
+    from seqtool.decode.translate import format_translations, truncation_warning
 
     if output is not None:
         _refuse_existing(output, overwrite)  # before the model is loaded: fail fast
-    translator: Translator | CTranslate2Translator
-    if stream:
-        workers = 1  # one line at a time: all threads go to it
-    if engine is Engine.ctranslate2:
-        from seqtool.decode.ct2_engine import load_ct2_translator, resolve_ct2_device
-
-        given_flags = ((quantize is not Quantize.auto, "--quantize"), (precision is not Precision.fp32, "--precision"))
-        for given, flag in given_flags:
-            if given:
-                raise SeqtoolError(
-                    f"{flag} applies to --engine torch", "a CTranslate2 model computes in its export's --quantization"
-                )
-        if checkpoint != "best":
-            raise SeqtoolError(
-                "--checkpoint applies to --engine torch",
-                "export the checkpoint you want: seqtool export RUN_DIR --format ctranslate2 --checkpoint NAME",
-            )
-        translator, cfg = load_ct2_translator(run_dir, ct2_model, resolve_ct2_device(device.value), threads, workers)
-    else:
-        if ct2_model is not None:
-            raise SeqtoolError("--ct2-model needs --engine ctranslate2")
-        translator, cfg = _torch_translator(run_dir, checkpoint, device, precision, threads, quantize)
-    dc = cfg.decode
-    search_cfg = SearchConfig(
-        beam=max(beam or dc.beam, nbest),
+    if stream and (input is not None or output is not None):
+        raise DataError("--stream reads stdin and writes stdout", "drop -i/-o, or drop --stream for files")
+    options = DecodeOptions(
+        engine=engine.value,
+        checkpoint=checkpoint,
+        device=device.value,
+        precision=precision.value,
+        threads=threads,
+        workers=1 if stream else workers,  # --stream: one line at a time, all threads go to it
+        quantize=quantize.value,
+        ct2_model=ct2_model,
+    )
+    translator = load_translator(run_dir, options)
+    for warning in translator.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    dc = translator.config.decode
+    search_cfg = SearchConfig.from_decode(
+        dc,
+        beam=beam,
         nbest=nbest,
-        length_penalty=dc.length_penalty if length_penalty is None else length_penalty,
-        max_len_a=dc.max_len_a if max_len_a is None else max_len_a,
-        max_len_b=dc.max_len_b if max_len_b is None else max_len_b,
-        stop=dc.stop if stop is None else stop.value,
+        length_penalty=length_penalty,
+        max_len_a=max_len_a,
+        max_len_b=max_len_b,
+        stop=None if stop is None else stop.value,
     )
     if nbest > (beam or dc.beam):
         typer.echo(f"note: --nbest {nbest} needs a beam of at least {nbest}: using --beam {nbest}", err=True)
-    if engine is Engine.torch:  # CTranslate2 took its threads when it loaded
-        from seqtool.decode.translate import Translator as TorchTranslator
-        from seqtool.runtime import decode_parallelism
-
-        assert isinstance(translator, TorchTranslator)
-        greedy = search_cfg.beam == 1 and search_cfg.nbest == 1
-        translator.use_workers(*decode_parallelism(threads, workers, translator.device.type == "cpu", greedy))
     limit = max_input_len or dc.max_input_len
     if stream:
-        if input is not None or output is not None:
-            raise DataError("--stream reads stdin and writes stdout", "drop -i/-o, or drop --stream for files")
         _translate_stream(translator, search_cfg, limit, nbest, scores)
         return
-    lines = _read_input(input)
-    results = translator.translate(lines, search_cfg, batch_tokens or dc.batch_tokens, limit)
-    cut = [i + 1 for i, nbest in enumerate(results) if nbest[0].truncated]
-    if cut:
-        many = len(cut) > 1
-        shown = ", ".join(map(str, cut[:5])) + (", ..." if len(cut) > 5 else "")
-        typer.echo(
-            f"warning: {len(cut)} input line{'s' * many} longer than {limit} pieces {'were' if many else 'was'} "
-            f"truncated (line{'s' * many} {shown})",
-            err=True,
-        )
+    results = translator.translate(_read_input(input), search_cfg, batch_tokens, limit)
+    warning = truncation_warning(results, limit)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
     _write_output(format_translations(results, nbest, scores), output, overwrite)
 
 
-def _torch_translator(
-    run_dir: Path,
-    checkpoint: str,
-    device: Device,
-    precision: Precision,
-    threads: int,
-    quantize: Quantize,
-) -> tuple[Translator, Config]:
-    """seqtool's own engine: the run's model on its device, in int8 as --quantize says (`resolve_quantize`)."""
-    import torch
-
-    from seqtool.decode.quantize import quantize_model, resolve_quantize
-    from seqtool.decode.translate import Translator
-    from seqtool.rundir import load_for_inference
-    from seqtool.runtime import limit_onednn_cache, resolve_device, set_threads
-
-    set_threads(threads)  # for loading; `translate` then shares the threads out among its workers
-    limit_onednn_cache()
-    if quantize is Quantize.int8:  # asked for: the device must be the CPU (quantize_model says so if not)
-        if precision is not Precision.fp32:
-            raise SeqtoolError(f"--quantize int8 and --precision {precision.value} exclude each other")
-        dev = torch.device("cpu" if device is Device.auto else device.value)
-    else:
-        dev = resolve_device(device.value)
-    model, tokenizer, cfg, _ = load_for_inference(
-        run_dir, checkpoint, torch.device("cpu") if quantize is Quantize.int8 else dev
-    )
-    scheme = resolve_quantize(quantize.value, dev, precision.value, cfg.model.kind)
-    if scheme != "none":
-        model = quantize_model(model, scheme, dev)
-    return Translator(model, tokenizer, dev, precision.value), cfg
-
-
-def _translate_stream(
-    translator: Translator | CTranslate2Translator, cfg: SearchConfig, limit: int, nbest: int, scores: bool
-) -> None:
+def _translate_stream(translator: TranslatorLike, cfg: SearchConfig, limit: int, nbest: int, scores: bool) -> None:
     """Translate stdin line by line, writing and flushing each answer before reading the next line."""
     from seqtool.decode.translate import format_translations, split_lines
 
@@ -535,6 +451,89 @@ def _translate_stream(
             typer.echo(f"warning: input line {number} was longer than {limit} pieces and was truncated", err=True)
         out = format_translations(results, nbest, scores, first_line=number)
         _write_output(out, None, False)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# serve
+
+
+@app.command()
+def serve(
+    run_dirs: Annotated[
+        list[str], typer.Argument(help="Run directories to serve, as RUN_DIR or NAME=RUN_DIR (name used in requests).")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = _SERVE.host,
+    port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = _SERVE.port,
+    engine: Annotated[
+        Engine, typer.Option(help="torch, or ctranslate2 (a model written by `seqtool export`).")
+    ] = Engine(_DECODE.engine),
+    ct2_model: Annotated[
+        Path | None, typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2).")
+    ] = _DECODE.ct2_model,
+    quantize: Annotated[
+        Quantize, typer.Option(help="As translate's --quantize (auto: int8 for a Transformer on the CPU).")
+    ] = Quantize(_DECODE.quantize),
+    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision(_DECODE.precision),
+    checkpoint: Annotated[
+        str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")
+    ] = _DECODE.checkpoint,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device(_DECODE.device),
+    threads: Annotated[
+        int, typer.Option(help="CPU threads in all (0 = one per core, shared out among --workers).", min=0)
+    ] = _DECODE.threads,
+    workers: Annotated[
+        int, typer.Option(help="Server processes, each loading the models (uvicorn workers).", min=1)
+    ] = _SERVE.workers,
+    max_batch_tokens: Annotated[
+        int, typer.Option(help="Source-token budget per decoding batch (× beam), as translate's --batch-tokens.", min=1)
+    ] = _SERVE.max_batch_tokens,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="How long an idle model waits for more requests before it decodes.", min=0.0)
+    ] = _SERVE.max_wait_ms,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.", min=1)] = _SERVE.max_body_bytes,
+    max_lines: Annotated[int, typer.Option(help="Most lines in one request.", min=1)] = _SERVE.max_lines,
+    max_line_chars: Annotated[int, typer.Option(help="Longest line, in characters.", min=1)] = _SERVE.max_line_chars,
+    max_beam: Annotated[
+        int, typer.Option(help="Largest beam or n-best a request may ask for.", min=1)
+    ] = _SERVE.max_beam,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="Require the API key held by this environment variable on every request but /health."),
+    ] = None,
+) -> None:
+    """Serve trained models over HTTP: a JSON API, OpenNMT-py's REST format, and a web page to try them.
+
+    Endpoints: POST /v1/translate, POST /translator/translate (OpenNMT-py), GET /v1/models, GET /health, GET /.
+    Concurrent requests are decoded together (dynamic batching).
+    SIGTERM or Ctrl-C: stop accepting, finish the requests in flight, exit 0. Needs pip install 'seqtool\\[serve]'.
+
+    Example: seqtool serve runs/demo --port 8080, then curl -s localhost:8080/v1/translate -d '{"text": ["Hello"]}'
+    """
+    from seqtool.serve.registry import ServeSpec
+    from seqtool.serve.server import serve as run_server
+
+    limits = ServeConfig(
+        host=host,
+        port=port,
+        max_batch_tokens=max_batch_tokens,
+        max_wait_ms=max_wait_ms,
+        max_body_bytes=max_body_bytes,
+        max_lines=max_lines,
+        max_line_chars=max_line_chars,
+        max_beam=max_beam,
+        workers=workers,
+    )
+    options = DecodeOptions(
+        engine=engine.value,
+        checkpoint=checkpoint,
+        device=device.value,
+        precision=precision.value,
+        threads=threads,
+        quantize=quantize.value,
+        ct2_model=ct2_model,
+    )
+    spec = ServeSpec.build(run_dirs, options, limits, api_key_env)
+    run_server(spec, log=lambda message: typer.echo(message, err=True))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -610,38 +609,10 @@ def evaluate(
 
     Example: seqtool eval --hyp baseline.de --hyp new.de --ref data/test.de
     """
-    from seqtool.data.corpus import read_lines, read_parallel
-    from seqtool.evaluate import parse_metrics, score_corpus
+    from seqtool.evaluate import evaluate_files
 
-    names = parse_metrics(metrics)
-    if len(hyp) > 1:
-        from seqtool.compare import compare_systems, format_table
-
-        refs = read_lines(ref)
-        systems = [(str(path), read_lines(path)) for path in hyp]
-        rows, signatures = compare_systems(systems, refs, names, bootstrap)
-        if as_json:
-            payload = {
-                "systems": [{"name": r.name, **{m: vars(s) for m, s in r.scores.items()}} for r in rows],
-                "signatures": signatures,
-                "bootstrap_samples": bootstrap,
-            }
-            typer.echo(json.dumps(payload, ensure_ascii=False))
-            return
-        typer.echo(format_table(rows, names))
-        typer.echo(f"paired bootstrap resampling against {rows[0].name}: {bootstrap} resamples, 95 % CI")
-        for metric, signature in signatures.items():
-            typer.echo(f"  {metric} signature: {signature}")
-        return
-    hyps, refs = read_parallel(hyp[0], ref)
-    scores = score_corpus(hyps, refs, names)
-    if as_json:
-        payload = {s.name: {"score": round(s.score, 4), "signature": s.signature} for s in scores}
-        typer.echo(json.dumps(payload, ensure_ascii=False))
-        return
-    for s in scores:
-        typer.echo(s.text)
-        typer.echo(f"  signature: {s.signature}")
+    result = evaluate_files(hyp, ref, metrics, bootstrap)
+    typer.echo(result.to_json() if as_json else result.to_text())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -699,7 +670,9 @@ def attention(
         int | None, typer.Option(help="Transformer attention head (default: the average over heads).", min=0)
     ] = None,
     beam: Annotated[int | None, typer.Option(help="Beam size (default: the config's decode.beam).", min=1)] = None,
-    checkpoint: Annotated[str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")] = "best",
+    checkpoint: Annotated[
+        str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")
+    ] = _DECODE.checkpoint,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
     """Translate one sentence and draw its cross-attention as a heatmap (source pieces across, output pieces down).
@@ -708,33 +681,13 @@ def attention(
 
     Example: seqtool attention runs/demo "Save the file before closing." -o attn.png
     """
-    import torch
-
-    from seqtool.decode.attention_map import attention_map
-    from seqtool.decode.search import SearchConfig
+    from seqtool.decode.attention_map import run_attention_map
     from seqtool.plot import _pyplot, plot_attention
-    from seqtool.rundir import load_for_inference
 
     _pyplot()  # fail before loading the model when matplotlib is missing
     _refuse_existing(output, overwrite)
-    model, tokenizer, cfg, _ = load_for_inference(run_dir, checkpoint, torch.device("cpu"))
-    dc = cfg.decode
-    search_cfg = SearchConfig(
-        beam=beam or dc.beam,
-        nbest=1,
-        length_penalty=dc.length_penalty,
-        max_len_a=dc.max_len_a,
-        max_len_b=dc.max_len_b,
-        stop=dc.stop,
-    )
-    amap = attention_map(model, tokenizer, sentence, search_cfg, layer, head)
-    which = ""
-    if cfg.model.kind == "transformer":
-        layers = cfg.model.decoder_layers
-        which = f" — decoder layer {layer % layers + 1} of {layers}, " + (
-            f"head {head + 1} of {cfg.model.heads}" if head is not None else "heads averaged"
-        )
-    plot_attention(amap.weights, amap.src_pieces, amap.tgt_pieces, output, f"{amap.translation}{which}")
+    amap = run_attention_map(run_dir, sentence, beam=beam, checkpoint=checkpoint, layer=layer, head=head)
+    plot_attention(amap.weights, amap.src_pieces, amap.tgt_pieces, output, amap.title)
     typer.echo(amap.translation)
     typer.echo(f"wrote {output}", err=True)
 

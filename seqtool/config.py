@@ -138,6 +138,10 @@ class TrainConfig:
     )
 
 
+NBEST = 1  # hypotheses returned per sentence unless asked for more (translate --nbest)
+LENGTH_PENALTY_KIND = "gnmt"  # the formula decode.length_penalty is the alpha of (a key of search.LENGTH_PENALTIES)
+
+
 @dataclass
 class DecodeConfig:
     """Translation settings (used for dev BLEU and as `translate`'s defaults)."""
@@ -454,3 +458,19 @@ def iter_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[s
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             yield f"{prefix}{f.name}", default, f.metadata.get("help", "")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`seqtool serve`'s settings (flags, not YAML): where it listens and what one request may ask for."""
+
+    host: str = _opt("127.0.0.1", "address to listen on (loopback only unless told otherwise)")
+    port: int = _opt(8080, "TCP port")
+    max_batch_tokens: int = _opt(4000, "source-token budget per decoding batch (× beam), as translate's --batch-tokens")
+    max_wait_ms: float = _opt(5.0, "how long an idle model waits for more requests before a partial batch runs")
+    max_body_bytes: int = _opt(1_000_000, "largest request body")
+    max_lines: int = _opt(256, "most lines (sentences) in one request")
+    max_line_chars: int = _opt(2_000, "longest line, in characters")
+    max_beam: int = _opt(16, "largest beam (and n-best) a request may ask for")
+    workers: int = _opt(1, "server processes, each with its own copy of the models (uvicorn workers)")
+    graceful_seconds: float = _opt(30.0, "on SIGTERM/SIGINT, how long in-flight requests may take to finish")

@@ -43,17 +43,22 @@ def _save(fig: Any, output: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+NO_METRICS_HINT = "a run writes metrics.jsonl at every train.log_every steps and at its last step; train on, then plot"
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The records of a run's metrics.jsonl (a line cut short by a crash is skipped)."""
     path = run_dir / "metrics.jsonl"
-    if not path.is_file():
+    if not path.is_file() and not (run_dir / "config.yaml").is_file():
         raise SeqtoolError(f"{run_dir} has no metrics.jsonl", "is it a run directory written by seqtool train?")
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             continue
+    if not records:
+        raise SeqtoolError(f"{run_dir} has no metrics yet", NO_METRICS_HINT)
     return records
 
 

@@ -22,6 +22,7 @@ class RunInfo:
     src_vocab: int
     tgt_vocab: int
     joint_vocab: bool
+    has_metrics: bool  # whether metrics.jsonl holds any record yet
     steps: int  # the last logged step (training log line or validation; 0 before either)
     train_minutes: float | None
     last_train_loss: float | None
@@ -93,6 +94,7 @@ def run_info(run_root: str | Path) -> RunInfo:
         src_vocab=tokenizer.src.vocab_size,
         tgt_vocab=tokenizer.tgt.vocab_size,
         joint_vocab=tokenizer.joint,
+        has_metrics=bool(records),
         steps=max([r["step"] for r in train[-1:] + evals[-1:]], default=0),
         train_minutes=round(train[-1]["elapsed_s"] / 60, 2) if train and "elapsed_s" in train[-1] else None,
         last_train_loss=train[-1].get("loss") if train else None,
@@ -116,7 +118,12 @@ def format_info(info: RunInfo) -> str:
         ("model", info.architecture),
         ("parameters", f"{info.parameters:,}"),
         ("vocabulary", vocab),
-        ("steps", f"{info.steps:,}" + (f" in {info.train_minutes:.1f} min" if info.train_minutes is not None else "")),
+        (
+            "steps",
+            f"{info.steps:,}" + (f" in {info.train_minutes:.1f} min" if info.train_minutes is not None else "")
+            if info.has_metrics
+            else "no metrics yet (metrics.jsonl is written every train.log_every steps and at the last step)",
+        ),
         ("train loss", f"{info.last_train_loss:.3f}" if info.last_train_loss is not None else "-"),
         ("best dev BLEU", best),
         ("checkpoints", (", ".join(info.checkpoints) + f" ({size:.1f} MB)") if info.checkpoints else "none"),

@@ -8,12 +8,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from seqtool.checkpoint import load_checkpoint
-from seqtool.config import Config, config_from_dict
-from seqtool.errors import CheckpointError
+from seqtool.checkpoint import average_checkpoint_files, load_checkpoint, save_checkpoint
+from seqtool.config import Config, config_from_dict, load_config
+from seqtool.errors import CheckpointError, DataError, SeqtoolError
 from seqtool.models import build_model
 from seqtool.models.base import Seq2SeqModel
 from seqtool.tokenizer import Tokenizer
+
+RUNS = Path("runs")  # where a run goes when no run directory is given: runs/NAME
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,63 @@ def load_for_inference(
     meta = {k: v for k, v in state.items() if k in ("step", "dev_bleu", "dev_loss", "path")}
     meta["path"] = str(path)
     return model, tokenizer, cfg, meta
+
+
+def default_run_dir(cfg: Config, run_dir: str | Path | None = None) -> Path:
+    """`run_dir` if given, else runs/NAME (NAME = the config's name)."""
+    return Path(run_dir) if run_dir is not None else RUNS / cfg.name
+
+
+def training_config(
+    config: str | Path,
+    overrides: list[str] | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+) -> tuple[Config, Path]:
+    """`seqtool train`'s config and run directory. `config` is a YAML file, or with `resume` also a run directory
+    (its config.yaml; the run directory itself unless `run_dir` says otherwise); `overrides` are `--set` strings.
+
+    Refuses `resume` together with `init_from` (continuing a run and starting one from weights exclude each other).
+    """
+    config = Path(config)
+    if resume and config.is_dir():
+        run_dir = run_dir if run_dir is not None else config
+        if not RunDir(config).config.is_file():
+            raise SeqtoolError(f"{config} is not a seqtool run directory (no config.yaml)")
+        config = RunDir(config).config
+    if resume and init_from:
+        raise SeqtoolError(
+            "--resume and --init-from exclude each other", "--resume continues a run; --init-from starts one"
+        )
+    cfg = load_config(config, overrides)
+    return cfg, default_run_dir(cfg, run_dir)
+
+
+@dataclass
+class AverageResult:
+    """What `average_run` wrote: the step checkpoints averaged (oldest first) and the output file."""
+
+    inputs: list[Path]
+    output: Path
+
+
+def average_run(
+    run_dir: str | Path, last: int = 5, output: str | Path | None = None, overwrite: bool = False
+) -> AverageResult:
+    """Average the model parameters of the newest `last` step_N.pt checkpoints of a run (at least 2) into `output`
+    (default RUN_DIR/checkpoints/averaged.pt, which `--checkpoint averaged` loads); an existing output file only with
+    `overwrite`."""
+    run = RunDir(Path(run_dir))
+    read_run_config(run)  # a clear error when this is not a run directory
+    paths = run.step_checkpoints()[-last:] if last > 0 else []
+    if len(paths) < 2:
+        raise SeqtoolError(
+            f"{run.checkpoints} holds {len(paths)} step checkpoint(s); averaging needs at least 2",
+            "train with train.save_every set (e.g. --set train.save_every=500)",
+        )
+    target = Path(output) if output is not None else run.checkpoint("averaged")
+    if target.exists() and not overwrite:
+        raise DataError(f"output file {target} exists", "pass --overwrite to replace it, or choose another -o")
+    save_checkpoint(target, average_checkpoint_files(paths))
+    return AverageResult(paths, target)

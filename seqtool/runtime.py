@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 from collections.abc import Iterator
@@ -13,8 +14,15 @@ import torch
 from seqtool.errors import SeqtoolError
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of process `rank` of a job: `seed` itself for rank 0 (a single process), a derived one for the others
+    (so that the ranks draw different dropout masks)."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch (all devices) for process `rank` of a job (see `rank_seed`)."""
+    seed = rank_seed(seed, rank)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -65,12 +73,18 @@ def decode_parallelism(threads: int, workers: int, on_cpu: bool, greedy: bool = 
     return workers, max(1, total // workers)
 
 
+@functools.cache
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU has oneDNN's bf16 kernels (AVX-512 bf16 or AMX); asked once."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 autocast is worthwhile on `device`."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
-        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return cpu_bf16_supported()
     return False
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from seqtool.config import Config
 from seqtool.errors import DataError, SeqtoolError
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
@@ -32,15 +33,18 @@ class SpecialIds:
     unk: int
 
 
+_DEFAULTS = Config()  # the defaults live in config.py only
+
+
 @dataclass(frozen=True)
 class TokenizerSpec:
-    """How to train a SentencePiece model."""
+    """How to train a SentencePiece model (defaults: the config's `tokenizer` section and `seed`)."""
 
-    vocab_size: int = 8000
-    model_type: str = "unigram"  # unigram | bpe
-    character_coverage: float = 1.0
-    input_sentence_size: int = 2_000_000
-    seed: int = 42
+    vocab_size: int = _DEFAULTS.tokenizer.vocab_size
+    model_type: str = _DEFAULTS.tokenizer.type  # unigram | bpe
+    character_coverage: float = _DEFAULTS.tokenizer.character_coverage
+    input_sentence_size: int = _DEFAULTS.tokenizer.input_sentence_size
+    seed: int = _DEFAULTS.seed
 
 
 def train_sentencepiece(inputs: Sequence[str | Path], output_prefix: str | Path, spec: TokenizerSpec) -> Path:
@@ -81,6 +85,34 @@ def train_sentencepiece(inputs: Sequence[str | Path], output_prefix: str | Path,
         shutil.move(str(tmp_prefix) + ".vocab", vocab)
         os.replace(str(tmp_prefix) + ".model", model)  # the .model last: its presence means the pair is complete
     return model
+
+
+def train_tokenizers(
+    inputs: Sequence[str | Path],
+    output_prefix: str | Path,
+    spec: TokenizerSpec,
+    separate: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
+    """`seqtool tokenizer train`: one model over all `inputs` (PREFIX.model), or with `separate` one per input file
+    (PREFIX.<extension>.model; PREFIX.<index>.model when extensions repeat). Returns the .model paths, in order.
+
+    Existing model files are refused (all of them checked before any training) unless `overwrite`.
+    """
+    paths = [Path(p) for p in inputs]
+    prefix = Path(output_prefix)
+    if separate:
+        suffixes = [p.suffix.lstrip(".") or str(i) for i, p in enumerate(paths)]
+        if len(set(suffixes)) < len(suffixes):
+            suffixes = [str(i) for i in range(len(paths))]
+        jobs = [([p], Path(f"{prefix}.{s}")) for p, s in zip(paths, suffixes, strict=True)]
+    else:
+        jobs = [(paths, prefix)]
+    for _, job_prefix in jobs:
+        model_file = Path(f"{job_prefix}.model")
+        if model_file.exists() and not overwrite:
+            raise DataError(f"output file {model_file} exists", "pass --overwrite to replace it, or choose another -o")
+    return [train_sentencepiece(files, job_prefix, spec) for files, job_prefix in jobs]
 
 
 def _plain_spm_error(message: str, spec: TokenizerSpec) -> SeqtoolError:

@@ -1,0 +1,171 @@
+"""Decoding: THE entry point for everything that translates with a trained run (translate, serve, attention).
+
+    translator = load_translator("runs/demo", DecodeOptions(device="cpu", threads=4))  # engine, device, int8, ...
+    for warning in translator.warnings: ...                                              # e.g. bf16 -> fp32
+    search_cfg = SearchConfig.from_decode(translator.config.decode, beam=4)             # the run's decode defaults
+    results = translator.translate(lines, search_cfg)                                   # n-best lists, in order
+
+Both engines, seqtool's own (`translate.Translator`, torch) and CTranslate2's (`ct2_engine.CTranslate2Translator`, a
+model written by `seqtool export`), implement `TranslatorLike`. Every choice about how to run a model is made here:
+which engine and checkpoint, the device, bf16 (with a fallback to fp32 where the device lacks it), int8 weights,
+threads and parallel workers; and every option conflict is a SeqtoolError raised here, before a model is loaded.
+
+This module imports nothing heavy (torch, CTranslate2) at import time: the command line reads `DecodeOptions` for
+its flag defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from seqtool.errors import ConfigError, SeqtoolError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from seqtool.config import Config
+    from seqtool.decode.ct2_engine import CTranslate2Translator
+    from seqtool.decode.search import SearchConfig
+    from seqtool.decode.translate import Translation, Translator
+    from seqtool.tokenizer import Tokenizer
+
+__all__ = [
+    "ENGINES",
+    "PRECISIONS",
+    "QUANTIZE_CHOICES",
+    "DecodeOptions",
+    "TranslatorLike",
+    "load_translator",
+]
+
+ENGINES = ("torch", "ctranslate2")
+PRECISIONS = ("fp32", "bf16")
+QUANTIZE_CHOICES = ("auto", "none", "int8")  # auto: see quantize.resolve_quantize
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to run a trained model (not what to search for: that is `SearchConfig`). The defaults live here only."""
+
+    engine: str = "torch"  # "torch" (seqtool's own search) or "ctranslate2" (a model written by `seqtool export`)
+    checkpoint: str = "best"  # best, last, averaged, step_N or a checkpoint file (torch engine)
+    device: str = "auto"  # auto, cpu, cuda, mps (ctranslate2: auto, cpu, cuda)
+    precision: str = "fp32"  # fp32, or bf16 autocast (torch engine; fp32 with a warning where bf16 is unsupported)
+    threads: int = 0  # CPU threads in all; 0 = torch's default (one per core)
+    workers: int = 0  # batches translated at once, sharing the threads; 0 = chosen per search (decode_parallelism)
+    quantize: str = "auto"  # auto, none, int8 (torch engine; see quantize.resolve_quantize)
+    ct2_model: Path | None = None  # CTranslate2 model directory; None = RUN_DIR/ctranslate2
+
+
+@runtime_checkable
+class TranslatorLike(Protocol):
+    """What every engine offers: text lines in, n-best lists of `Translation` out (one list per line, in order)."""
+
+    engine: str  # "torch" or "ctranslate2"
+    config: Config  # the run's config: callers take the decode defaults from `config.decode`
+    tokenizer: Tokenizer  # the run's source and target SentencePiece models
+    warnings: list[str]  # what loading changed from what was asked (e.g. bf16 -> fp32); the caller shows them
+
+    def translate(
+        self,
+        lines: Sequence[str],
+        cfg: SearchConfig,
+        batch_tokens: int | None = None,
+        max_input_len: int | None = None,
+    ) -> list[list[Translation]]:
+        """Translate `lines` (batch_tokens None: the config's decode.batch_tokens; max_input_len None: no limit)."""
+        ...
+
+    def parallelism(self, cfg: SearchConfig) -> tuple[int, int]:
+        """(workers, threads per worker) that `translate` uses for a search with `cfg`."""
+        ...
+
+
+def load_translator(run_dir: str | Path, options: DecodeOptions | None = None) -> TranslatorLike:
+    """The translator of the run in `run_dir`, run as `options` say (default: `DecodeOptions()`).
+
+    Raises a SeqtoolError (exit code 2) for options that do not go together, before any model is loaded, and the
+    loading errors of the run (not a run directory, no checkpoint, no CTranslate2 export, ...).
+    """
+    options = options or DecodeOptions()
+    _check_choice("engine", options.engine, ENGINES)
+    _check_choice("precision", options.precision, PRECISIONS)
+    _check_choice("quantize", options.quantize, QUANTIZE_CHOICES)
+    if options.threads < 0 or options.workers < 0:
+        raise ConfigError(f"threads and workers must be >= 0, got {options.threads} and {options.workers}")
+    if options.engine == "ctranslate2":
+        return _load_ct2(Path(run_dir), options)
+    return _load_torch(Path(run_dir), options)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}", f"choose one of {', '.join(choices)}")
+
+
+def _load_ct2(run_dir: Path, options: DecodeOptions) -> CTranslate2Translator:
+    """The CTranslate2 engine: the export's device and threads; the options of the torch engine are refused."""
+    from seqtool.decode.ct2_engine import load_ct2_translator, resolve_ct2_device
+
+    defaults = DecodeOptions()
+    for given, flag in (
+        (options.quantize != defaults.quantize, "--quantize"),
+        (options.precision != defaults.precision, "--precision"),
+    ):
+        if given:
+            raise SeqtoolError(
+                f"{flag} applies to --engine torch", "a CTranslate2 model computes in its export's --quantization"
+            )
+    if options.checkpoint != defaults.checkpoint:
+        raise SeqtoolError(
+            "--checkpoint applies to --engine torch",
+            "export the checkpoint you want: seqtool export RUN_DIR --format ctranslate2 --checkpoint NAME",
+        )
+    device = resolve_ct2_device(options.device)
+    return load_ct2_translator(run_dir, options.ct2_model, device, options.threads, options.workers)
+
+
+def _load_torch(run_dir: Path, options: DecodeOptions) -> Translator:
+    """seqtool's own engine: the run's model on its device, in bf16 or int8 as the options say."""
+    import torch
+
+    from seqtool.decode.quantize import quantize_model, resolve_quantize
+    from seqtool.decode.translate import Translator
+    from seqtool.rundir import load_for_inference
+    from seqtool.runtime import bf16_supported, limit_onednn_cache, resolve_device, set_threads
+
+    if options.ct2_model is not None:
+        raise SeqtoolError("--ct2-model needs --engine ctranslate2")
+    precision = options.precision
+    if options.quantize == "int8":  # asked for: the device must be the CPU (quantize_model says so if not)
+        if precision != "fp32":
+            raise SeqtoolError(f"--quantize int8 and --precision {precision} exclude each other")
+        device = torch.device("cpu" if options.device == "auto" else options.device)
+    else:
+        device = resolve_device(options.device)
+    set_threads(options.threads)  # for loading; `translate` then shares the threads out among its workers
+    limit_onednn_cache()
+    cpu = torch.device("cpu")
+    model, tokenizer, cfg, _ = load_for_inference(
+        run_dir, options.checkpoint, cpu if options.quantize == "int8" else device
+    )
+    # as asked: --precision bf16 means no int8 with --quantize auto, even where bf16 then falls back to fp32
+    scheme = resolve_quantize(options.quantize, device, precision, cfg.model.kind)
+    warnings = []
+    if precision == "bf16" and not bf16_supported(device):
+        warnings.append(f"bf16 is not supported on this {device.type} device: translating in fp32")
+        precision = "fp32"
+    if scheme != "none":
+        model = quantize_model(model, scheme, device)
+    return Translator(
+        model,
+        tokenizer,
+        device,
+        precision,
+        config=cfg,
+        threads=options.threads,
+        workers=options.workers,
+        warnings=warnings,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -22,6 +23,7 @@ class AttentionMap:
     src_pieces: list[str]
     tgt_pieces: list[str]
     weights: list[list[float]]
+    title: str = ""  # the translation, and for a Transformer which layer and head(s) the weights are from
 
 
 def attention_map(
@@ -58,3 +60,31 @@ def attention_map(
         tgt_pieces=tgt_pieces,
         weights=weights[0].to(torch.float32).tolist(),
     )
+
+
+def run_attention_map(
+    run_dir: str | Path,
+    sentence: str,
+    *,
+    beam: int | None = None,
+    checkpoint: str = "best",
+    layer: int = -1,
+    head: int | None = None,
+) -> AttentionMap:
+    """`attention_map` of a run's model (fp32 on the CPU), searching with the run's decode settings (and `beam`)."""
+    from seqtool.decode import DecodeOptions, load_translator
+    from seqtool.decode.translate import Translator
+
+    translator = load_translator(run_dir, DecodeOptions(checkpoint=checkpoint, device="cpu", quantize="none"))
+    assert isinstance(translator, Translator)
+    cfg = translator.config
+    search_cfg = SearchConfig.from_decode(cfg.decode, beam=beam, nbest=1)
+    amap = attention_map(translator.model, translator.tokenizer, sentence, search_cfg, layer, head)
+    which = ""
+    if cfg.model.kind == "transformer":
+        layers = cfg.model.decoder_layers
+        which = f" — decoder layer {layer % layers + 1} of {layers}, " + (
+            f"head {head + 1} of {cfg.model.heads}" if head is not None else "heads averaged"
+        )
+    amap.title = f"{amap.translation}{which}"
+    return amap

@@ -20,17 +20,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from seqtool.decode.search import SearchConfig
+from seqtool.config import Config
+from seqtool.decode.search import Hypothesis, SearchConfig
 from seqtool.decode.translate import Translation, clean_line, length_batches
 from seqtool.errors import CheckpointError, ConfigError, SeqtoolError, check
 from seqtool.export.ctranslate2 import MIN_POSITIONS, check_exported, import_ctranslate2, vocabulary
 from seqtool.runtime import decode_parallelism
 from seqtool.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from seqtool.config import Config
 
 DEVICES = ("cpu", "cuda")
 
@@ -57,10 +55,23 @@ class EngineError(SeqtoolError):
 class CTranslate2Translator:
     """A CTranslate2 model directory and the run's tokenizer, turning text lines into translations."""
 
+    engine = "ctranslate2"
+
     def __init__(
-        self, model_dir: Path, tokenizer: Tokenizer, device: str = "cpu", threads: int = 0, workers: int = 0
+        self,
+        model_dir: Path,
+        tokenizer: Tokenizer,
+        device: str = "cpu",
+        threads: int = 0,
+        workers: int = 0,
+        *,
+        config: Config | None = None,
     ) -> None:
-        """Load the model: `threads` CPU threads in all, shared by `workers` batches at once (decode_parallelism)."""
+        """Load the model: `threads` CPU threads in all, shared by `workers` batches at once (decode_parallelism).
+
+        `config` is the run's config (default: the schema's defaults), whose `decode` section gives the search
+        defaults. The workers are CTranslate2's replicas, fixed when it loads, so the same for every search.
+        """
         ct2 = import_ctranslate2()
         check(device in DEVICES, f"unknown CTranslate2 device {device!r}", f"choose one of {', '.join(DEVICES)}")
         meta = check_exported(model_dir, tokenizer)
@@ -72,10 +83,13 @@ class CTranslate2Translator:
         sp = tokenizer.specials
         self.eos_token = tgt_vocab[sp.eos]
         self.suppress = [[tgt_vocab[sp.bos]], [tgt_vocab[sp.pad]]]  # our search never emits these either
-        self.workers, per_worker = decode_parallelism(threads, workers, device == "cpu")
+        self.config = config if config is not None else Config()
+        self.warnings: list[str] = []
+        self.device = device
+        self.workers, self.threads_per_worker = decode_parallelism(threads, workers, device == "cpu")
         try:
             self.translator = ct2.Translator(
-                str(model_dir), device=device, intra_threads=per_worker, inter_threads=self.workers
+                str(model_dir), device=device, intra_threads=self.threads_per_worker, inter_threads=self.workers
             )
         except (RuntimeError, ValueError) as exc:
             raise CheckpointError(f"CTranslate2 cannot load {model_dir}: {exc}") from None
@@ -84,49 +98,64 @@ class CTranslate2Translator:
         self,
         lines: Sequence[str],
         cfg: SearchConfig,
-        batch_tokens: int = 4000,
+        batch_tokens: int | None = None,
         max_input_len: int | None = None,
     ) -> list[list[Translation]]:
         """Translate lines; each gets its n-best list (one empty Translation for an empty line), in input order.
 
         As `Translator.translate`: lines go through `clean_line`, a line of more than `max_input_len` source pieces
         is cut to that many (its translations marked `truncated`), and translations go through `clean_line` too.
+        `batch_tokens` None is the config's decode.batch_tokens.
         """
         check(
             max_input_len is None or max_input_len >= 1,
             f"max_input_len must be at least 1, got {max_input_len}",
             kind=ConfigError,
         )
-        check(1 <= cfg.nbest <= cfg.beam, f"nbest must be between 1 and beam ({cfg.beam})", kind=ConfigError)
         src_ids = self.tokenizer.src.encode(clean_line(line) for line in lines)
         truncated = [max_input_len is not None and len(ids) > max_input_len for ids in src_ids]
         src_ids = [ids[:max_input_len] for ids in src_ids]
+        hyps = self.translate_ids(src_ids, cfg, batch_tokens)
+        out: list[list[Translation]] = []
+        for nbest, cut in zip(hyps, truncated, strict=True):
+            if not nbest:
+                out.append([Translation("", 0.0, 0.0)])
+                continue
+            texts = self.tokenizer.tgt.decode([h.tokens for h in nbest])
+            out.append(
+                [Translation(clean_line(t), h.log_prob, h.score, cut) for t, h in zip(texts, nbest, strict=True)]
+            )
+        return out
+
+    def translate_ids(
+        self, src_ids: Sequence[Sequence[int]], cfg: SearchConfig, batch_tokens: int | None = None
+    ) -> list[list[Hypothesis]]:
+        """As `translate.translate_ids`: each source's hypotheses (ids without </s>), best first by our GNMT score,
+        in input order; an empty source gives []. `batch_tokens` None is the config's decode.batch_tokens."""
+        if batch_tokens is None:
+            batch_tokens = self.config.decode.batch_tokens
+        check(1 <= cfg.nbest <= cfg.beam, f"nbest must be between 1 and beam ({cfg.beam})", kind=ConfigError)
         longest = max((len(ids) for ids in src_ids), default=0)
         if longest + 1 > self.positions:
             raise ConfigError(
                 f"an input line has {longest} pieces; this CTranslate2 model has positions for {self.positions - 1}",
                 f"pass --max-input-len {self.positions - 1} (longer lines are then truncated)",
             )
-        hyps: list[list[tuple[list[int], float, float]]] = [[] for _ in src_ids]
+        hyps: list[list[Hypothesis]] = [[] for _ in src_ids]
         todo = [i for i, ids in enumerate(src_ids) if ids]
         batches = [
             [todo[j] for j in b] for b in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam)
         ]
         # every batch is handed to CTranslate2 at once: its `workers` replicas take them in parallel
-        pending = [self._submit([src_ids[i] for i in rows], cfg) for rows in reversed(batches)]
+        pending = [self._submit([list(src_ids[i]) for i in rows], cfg) for rows in reversed(batches)]
         for rows, (pieces, limits, futures) in zip(reversed(batches), pending, strict=True):
             for row, nbest in zip(rows, self._collect(pieces, limits, futures, cfg), strict=True):
-                hyps[row] = nbest
-        out: list[list[Translation]] = []
-        for nbest, cut in zip(hyps, truncated, strict=True):
-            if not nbest:
-                out.append([Translation("", 0.0, 0.0)])
-                continue
-            texts = self.tokenizer.tgt.decode([tokens for tokens, _, _ in nbest])
-            out.append(
-                [Translation(clean_line(t), lp, score, cut) for t, (_, lp, score) in zip(texts, nbest, strict=True)]
-            )
-        return out
+                hyps[row] = [Hypothesis(tokens=ids, score=score, log_prob=lp) for ids, lp, score in nbest]
+        return hyps
+
+    def parallelism(self, cfg: SearchConfig) -> tuple[int, int]:
+        """(workers, threads per worker): CTranslate2's replicas and their threads, the same for every search."""
+        return self.workers, self.threads_per_worker
 
     def _submit(self, sources: list[list[int]], cfg: SearchConfig) -> tuple[list[list[str]], list[int], list[Any]]:
         """Start the search of one batch of source ids (without </s>): its pieces, length limits and async results."""
@@ -218,8 +247,10 @@ def _unique(nbest: list[tuple[list[int], float, float]]) -> list[tuple[list[int]
 
 def load_ct2_translator(
     run_dir: Path, model_dir: Path | None = None, device: str = "cpu", threads: int = 0, workers: int = 0
-) -> tuple[CTranslate2Translator, Config]:
-    """The CTranslate2 translator of a run (model in `model_dir`, default RUN_DIR/ctranslate2) and the run's config."""
+) -> CTranslate2Translator:
+    """The CTranslate2 translator of a run (model in `model_dir`, default RUN_DIR/ctranslate2), with its config.
+
+    Prefer `seqtool.decode.load_translator`, which also checks the options of both engines."""
     from seqtool.export.ctranslate2 import transformer_run
 
     run, cfg = transformer_run(run_dir, "--engine ctranslate2")
@@ -232,4 +263,4 @@ def load_ct2_translator(
         )
     src_path, tgt_path = run.tokenizer_paths(cfg.tokenizer.joint)
     tokenizer = Tokenizer.load(src_path, tgt_path)
-    return CTranslate2Translator(target, tokenizer, device, threads, workers), cfg
+    return CTranslate2Translator(target, tokenizer, device, threads, workers, config=cfg)

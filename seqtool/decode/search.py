@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from seqtool.config import LENGTH_PENALTY_KIND, NBEST, DecodeConfig
 from seqtool.errors import ConfigError, check
 from seqtool.models.base import DecoderState, Seq2SeqModel
 
@@ -65,17 +67,40 @@ class Hypothesis:
     log_prob: float  # sum of token log-probabilities, </s> included
 
 
+_DECODE = DecodeConfig()  # the defaults live in config.py only
+
+
 @dataclass
 class SearchConfig:
-    """Decoding options (the `decode` section of the config)."""
+    """Decoding options (the `decode` section of the config, plus the n-best size); defaults from `DecodeConfig`."""
 
-    beam: int = 5
-    nbest: int = 1
-    length_penalty: float = 1.0  # alpha; 0 = raw sum of log-probs
-    max_len_a: float = 1.5  # max target length = a * src_len + b (src_len counts real source tokens)
-    max_len_b: int = 10
-    length_penalty_kind: str = "gnmt"  # a key of LENGTH_PENALTIES
-    stop: str = "heuristic"  # early stopping of beam search: "heuristic" or "exact" (see the module docstring)
+    beam: int = _DECODE.beam
+    nbest: int = NBEST
+    length_penalty: float = _DECODE.length_penalty  # alpha; 0 = raw sum of log-probs
+    max_len_a: float = _DECODE.max_len_a  # max target length = a * src_len + b (src_len counts real source tokens)
+    max_len_b: int = _DECODE.max_len_b
+    length_penalty_kind: str = LENGTH_PENALTY_KIND  # a key of LENGTH_PENALTIES
+    stop: str = _DECODE.stop  # early stopping of beam search: "heuristic" or "exact" (see the module docstring)
+
+    @classmethod
+    def from_decode(cls, decode: DecodeConfig, **overrides: Any) -> SearchConfig:
+        """The search of a config's `decode` section, with `overrides` (search fields; a None value is ignored).
+
+        The beam is widened to the n-best size when that is larger (beam = max(beam, nbest)).
+        """
+        values: dict[str, Any] = {
+            "beam": decode.beam,
+            "length_penalty": decode.length_penalty,
+            "max_len_a": decode.max_len_a,
+            "max_len_b": decode.max_len_b,
+            "stop": decode.stop,
+        }
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"SearchConfig has no field(s) {', '.join(sorted(unknown))}")  # a programming error
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        values["beam"] = max(values["beam"], values.get("nbest", NBEST))
+        return cls(**values)
 
 
 def _lp_gnmt(length: Tensor, alpha: float) -> Tensor:

@@ -14,12 +14,15 @@ from dataclasses import dataclass
 
 import torch
 
+from seqtool.config import Config, DecodeConfig
 from seqtool.data.batching import pad_sequences
 from seqtool.decode.search import Hypothesis, SearchConfig, search
 from seqtool.errors import ConfigError, check
 from seqtool.models.base import Seq2SeqModel
-from seqtool.runtime import autocast, set_threads
+from seqtool.runtime import autocast, decode_parallelism, set_threads
 from seqtool.tokenizer import Tokenizer
+
+_DECODE = DecodeConfig()  # the defaults live in config.py only
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # exactly Unicode category Cc (tab, CR, NUL, ESC, C1 controls ...)
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -71,7 +74,7 @@ def translate_ids(
     model: Seq2SeqModel,
     src_ids: Sequence[Sequence[int]],
     cfg: SearchConfig,
-    batch_tokens: int = 4000,
+    batch_tokens: int = _DECODE.batch_tokens,
     device: torch.device | None = None,
     precision: str = "fp32",
     workers: int = 1,
@@ -128,27 +131,52 @@ class Translation:
 
 
 class Translator:
-    """A model and its tokenizer, turning text lines into translations."""
+    """A model and its tokenizer, turning text lines into translations (seqtool's engine; see `TranslatorLike`).
+
+    `threads` (0: torch's setting when the translator is made) are shared out among `workers` batches searched at
+    once, chosen per search by `decode_parallelism` when 0 (beam search gains from parallel batches on a CPU, greedy
+    search does not). `config` is the run's config (default: the schema's defaults), whose `decode` section gives
+    the search defaults; `warnings` says what loading changed from what was asked (see `decode.load_translator`).
+    """
+
+    engine = "torch"
 
     def __init__(
-        self, model: Seq2SeqModel, tokenizer: Tokenizer, device: torch.device, precision: str = "fp32"
+        self,
+        model: Seq2SeqModel,
+        tokenizer: Tokenizer,
+        device: torch.device,
+        precision: str = "fp32",
+        *,
+        config: Config | None = None,
+        threads: int = 0,
+        workers: int = 1,
+        warnings: Sequence[str] = (),
     ) -> None:
+        check(
+            threads >= 0 and workers >= 0,
+            f"threads and workers must be >= 0, got {threads}, {workers}",
+            kind=ConfigError,
+        )
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = device
         self.precision = precision
-        self.workers = 1  # batches searched at once (use_workers; see translate_ids)
+        self.config = config if config is not None else Config()
+        self.threads = threads or torch.get_num_threads()  # in all, fixed now: `translate` changes torch's setting
+        self.workers = workers  # 0 = per search (see `parallelism`)
+        self.warnings = list(warnings)
 
-    def use_workers(self, workers: int, threads_per_worker: int) -> None:
-        """Search `workers` batches at once, each on `threads_per_worker` CPU threads (see decode_parallelism)."""
-        set_threads(threads_per_worker)
-        self.workers = workers
+    def parallelism(self, cfg: SearchConfig) -> tuple[int, int]:
+        """(workers, threads per worker) of a search with `cfg` (see `decode_parallelism`)."""
+        greedy = cfg.beam == 1 and cfg.nbest == 1
+        return decode_parallelism(self.threads, self.workers, self.device.type == "cpu", greedy)
 
     def translate(
         self,
         lines: Sequence[str],
         cfg: SearchConfig,
-        batch_tokens: int = 4000,
+        batch_tokens: int | None = None,
         max_input_len: int | None = None,
     ) -> list[list[Translation]]:
         """Translate lines; each gets its n-best list (one empty Translation for an empty line), in input order.
@@ -156,6 +184,7 @@ class Translator:
         Lines go through `clean_line` first. A line of more than `max_input_len` source pieces (None: no limit) is
         cut to that many before the search; its translations are marked `truncated`. Translations go through
         `clean_line` too, so none holds a line break (a target model with byte pieces could decode one).
+        `batch_tokens` None is the config's decode.batch_tokens.
         """
         check(
             max_input_len is None or max_input_len >= 1,
@@ -165,7 +194,11 @@ class Translator:
         src_ids = self.tokenizer.src.encode(clean_line(line) for line in lines)
         truncated = [max_input_len is not None and len(ids) > max_input_len for ids in src_ids]
         src_ids = [ids[:max_input_len] for ids in src_ids]
-        hyps = translate_ids(self.model, src_ids, cfg, batch_tokens, self.device, self.precision, self.workers)
+        workers, threads_per_worker = self.parallelism(cfg)
+        if torch.get_num_threads() != threads_per_worker:
+            set_threads(threads_per_worker)  # process-wide: the threads of each worker
+        budget = self.config.decode.batch_tokens if batch_tokens is None else batch_tokens
+        hyps = translate_ids(self.model, src_ids, cfg, budget, self.device, self.precision, workers)
         out: list[list[Translation]] = []
         for nbest, cut in zip(hyps, truncated, strict=True):
             if not nbest:
@@ -176,6 +209,19 @@ class Translator:
                 [Translation(clean_line(t), h.log_prob, h.score, cut) for t, h in zip(texts, nbest, strict=True)]
             )
         return out
+
+
+def truncation_warning(results: Sequence[Sequence[Translation]], limit: int) -> str | None:
+    """The warning about input lines cut to `limit` pieces (numbered from 1, the first five named), or None."""
+    cut = [i + 1 for i, nbest in enumerate(results) if nbest and nbest[0].truncated]
+    if not cut:
+        return None
+    many = len(cut) > 1
+    shown = ", ".join(map(str, cut[:5])) + (", ..." if len(cut) > 5 else "")
+    return (
+        f"{len(cut)} input line{'s' * many} longer than {limit} pieces {'were' if many else 'was'} "
+        f"truncated (line{'s' * many} {shown})"
+    )
 
 
 def format_translations(

@@ -21,17 +21,35 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from seqtool.config import RNNConfig
 from seqtool.models.attention import BahdanauAttention, LuongAttention
 from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel
 from seqtool.models.dropout import Dropout
+from seqtool.runtime import cpu_bf16_supported
 from seqtool.tokenizer import SpecialIds
+
+_DEFAULTS = RNNConfig()  # the defaults live in config.py only
 
 RNN_CELLS: dict[str, type[nn.RNNBase]] = {"gru": nn.GRU, "lstm": nn.LSTM}
 ATTENTION_KINDS = ("none", "bahdanau", "luong")
 
 RNNHidden = Tensor | tuple[Tensor, Tensor]
+
+
+def run_recurrent(layer: nn.RNNBase, inputs: Tensor | PackedSequence, hidden: RNNHidden | None = None) -> tuple:
+    """`layer(inputs, hidden)`, in fp32 under a CPU bf16 autocast where the CPU has no bf16 kernels: oneDNN's LSTM
+    then fails ("could not create a primitive descriptor"), and the trainer and translator fall back to fp32 there
+    anyway. Elsewhere autocast applies as usual."""
+    if inputs.data.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or cpu_bf16_supported():
+        return layer(inputs, hidden)
+    with torch.autocast("cpu", enabled=False):
+        if isinstance(hidden, tuple):
+            hidden = (hidden[0].float(), hidden[1].float())
+        elif hidden is not None:
+            hidden = hidden.float()
+        return layer(inputs.float(), hidden)
 
 
 class RNNSeq2Seq(Seq2SeqModel):
@@ -47,16 +65,16 @@ class RNNSeq2Seq(Seq2SeqModel):
         src_vocab: int,
         tgt_vocab: int,
         specials: SpecialIds,
-        cell: str = "gru",
-        embed_dim: int = 256,
-        hidden_size: int = 512,
-        encoder_layers: int = 1,
-        decoder_layers: int = 1,
-        bidirectional: bool = True,
-        attention: str = "none",
-        dropout: float = 0.2,
-        tie_output: bool = False,
-        share_embeddings: bool = False,
+        cell: str = _DEFAULTS.cell,
+        embed_dim: int = _DEFAULTS.embed_dim,
+        hidden_size: int = _DEFAULTS.hidden_size,
+        encoder_layers: int = _DEFAULTS.encoder_layers,
+        decoder_layers: int = _DEFAULTS.decoder_layers,
+        bidirectional: bool = _DEFAULTS.bidirectional,
+        attention: str = _DEFAULTS.attention,
+        dropout: float = _DEFAULTS.dropout,
+        tie_output: bool = _DEFAULTS.tie_output,
+        share_embeddings: bool = _DEFAULTS.share_embeddings,
     ) -> None:
         super().__init__()
         if cell not in RNN_CELLS:
@@ -114,7 +132,9 @@ class RNNSeq2Seq(Seq2SeqModel):
         src_mask = src != self.specials.pad  # (batch, src_len)
         lengths = src_mask.sum(dim=1).clamp(min=1).cpu()
         x = self.dropout(self.src_embed(src))  # (batch, src_len, embed_dim)
-        packed, final = self.encoder(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+        packed, final = run_recurrent(
+            self.encoder, pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        )
         memory, _ = pad_packed_sequence(packed, batch_first=True, total_length=src.size(1))
         h_n = final[0] if self.cell == "lstm" else final  # (layers * directions, batch, hidden_size)
         context = torch.cat([h_n[-2], h_n[-1]], dim=-1) if self.bidirectional else h_n[-1]
@@ -149,7 +169,7 @@ class RNNSeq2Seq(Seq2SeqModel):
         """
         attended, weights = self.attention(state["hidden"][:, -1], state["memory"], state["src_mask"], state["keys"])
         inputs = torch.cat([embedded, state["context"], attended], dim=-1)[:, None]  # (batch, 1, decoder_input)
-        output, final = self.decoder(inputs, self._rnn_hidden(state))
+        output, final = run_recurrent(self.decoder, inputs, self._rnn_hidden(state))
         return output[:, 0], attended, weights, self._with_hidden(state, final)
 
     def _readout(self, hidden: Tensor, context: Tensor, embedded: Tensor) -> Tensor:
@@ -171,7 +191,7 @@ class RNNSeq2Seq(Seq2SeqModel):
             return readout, torch.stack(weights, 1)
         # The decoder input does not depend on its outputs: run the whole target in one call.
         context = enc.final[:, None].expand(-1, tgt_in.size(1), -1)  # (batch, tgt_len, enc_dim)
-        hidden, _ = self.decoder(torch.cat([embedded, context], dim=-1), self._rnn_hidden(state))
+        hidden, _ = run_recurrent(self.decoder, torch.cat([embedded, context], dim=-1), self._rnn_hidden(state))
         if self.attention is None:
             return self._readout(hidden, context, embedded), None
         attended, weights = self.attention(hidden, enc.memory, enc.src_mask)  # Luong: query h_d[t]
@@ -188,7 +208,7 @@ class RNNSeq2Seq(Seq2SeqModel):
             hidden, attended, _, state = self._bahdanau_step(embedded, state)
             return self.output(self._readout(hidden, attended, embedded)), state
         inputs = torch.cat([embedded, state["context"]], dim=-1)[:, None]  # (batch, 1, embed_dim + enc_dim)
-        output, final = self.decoder(inputs, self._rnn_hidden(state))
+        output, final = run_recurrent(self.decoder, inputs, self._rnn_hidden(state))
         hidden = output[:, 0]  # (batch, hidden_size)
         if self.attention is None:
             context = state["context"]

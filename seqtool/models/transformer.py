@@ -7,10 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
+from seqtool.config import TransformerConfig
 from seqtool.models.attention import MultiHeadAttention
 from seqtool.models.base import DecoderState, EncoderOutput, Seq2SeqModel, select_rows
 from seqtool.models.dropout import Dropout
 from seqtool.tokenizer import SpecialIds
+
+_DEFAULTS = TransformerConfig()  # the defaults live in config.py only
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -148,18 +151,18 @@ class Transformer(Seq2SeqModel):
         src_vocab: int,
         tgt_vocab: int,
         specials: SpecialIds,
-        d_model: int = 256,
-        heads: int = 4,
-        ffn_dim: int = 1024,
-        encoder_layers: int = 3,
-        decoder_layers: int = 3,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
-        activation: str = "relu",
-        pre_norm: bool = True,
-        share_embeddings: bool = True,
-        tie_output: bool = True,
-        max_positions: int = 1024,
+        d_model: int = _DEFAULTS.d_model,
+        heads: int = _DEFAULTS.heads,
+        ffn_dim: int = _DEFAULTS.ffn_dim,
+        encoder_layers: int = _DEFAULTS.encoder_layers,
+        decoder_layers: int = _DEFAULTS.decoder_layers,
+        dropout: float = _DEFAULTS.dropout,
+        attention_dropout: float = _DEFAULTS.attention_dropout,
+        activation: str = _DEFAULTS.activation,
+        pre_norm: bool = _DEFAULTS.pre_norm,
+        share_embeddings: bool = _DEFAULTS.share_embeddings,
+        tie_output: bool = _DEFAULTS.tie_output,
+        max_positions: int = _DEFAULTS.max_positions,
     ) -> None:
         super().__init__()
         if share_embeddings and src_vocab != tgt_vocab:
@@ -286,6 +289,8 @@ class Transformer(Seq2SeqModel):
         """Cross-attention weights (batch, tgt_len, src_len) of decoder `layer` (default: the last), of one `head`
         or averaged over heads."""
         layers = list(self.decoder_layers)
+        if not -len(layers) <= layer < len(layers):  # not wrapped around: layer 3 of 2 is a mistake, not layer 1
+            raise ValueError(f"layer must be in {-len(layers)}..{len(layers) - 1}, got {layer}")
         index = layer % len(layers)
         if head is not None and not 0 <= head < layers[index].cross_attn.heads:
             raise ValueError(f"head must be in 0..{layers[index].cross_attn.heads - 1}, got {head}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -35,14 +36,31 @@ SCHEDULES: dict[str, Callable[[int, int, int], float]] = {
 }
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with the configured betas, epsilon and decoupled weight decay (plain Adam when it is 0)."""
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: weight matrices decay; biases, LayerNorm gains and embeddings (tensors with ndim < 2, and
+    the weights of nn.Embedding modules, which a tied output projection shares) do not, as in every peer toolkit.
+
+    The group's `decays` entry is kept in the optimizer state, so a resumed run can apply a changed weight decay.
+    """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, plain = [], []
+    for param in model.parameters():  # tied weights are yielded once
+        if not param.requires_grad:
+            continue
+        (plain if param.ndim < 2 or id(param) in embeddings else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "decays": True},
+        {"params": plain, "weight_decay": 0.0, "decays": False},
+    ]
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with the configured betas, epsilon and decoupled weight decay on the weight matrices only."""
     return torch.optim.AdamW(
-        list(params),
+        parameter_groups(model, cfg.weight_decay),
         lr=cfg.lr,
         betas=(cfg.adam_betas[0], cfg.adam_betas[1]),
         eps=cfg.adam_eps,
-        weight_decay=cfg.weight_decay,
         foreach=True,
     )
 

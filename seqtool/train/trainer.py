@@ -1,5 +1,6 @@
-"""The training loop: run-directory set-up, tokenizer, data, updates, validation, checkpoints, exact resume.
+"""The training loop: updates, validation, checkpoints, exact resume, early stopping.
 
+Set-up (run directory, tokenizer, data checks, corpus cache) lives in setup.py, the resume state in state.py.
 The library never prints: progress and messages go to a `Reporter` (the CLI passes a rich progress bar) and to
 the run's train.log; figures go to metrics.jsonl.
 """
@@ -9,12 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import random
-import shutil
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
@@ -29,24 +27,15 @@ from seqtool.atomic import atomic_write_text
 from seqtool.checkpoint import average_checkpoint_files, load_checkpoint, save_checkpoint
 from seqtool.config import Config, config_diff, config_to_dict, dump_config
 from seqtool.data.batching import Batch, BatchSampler, make_batch
-from seqtool.data.corpus import check_utf8, read_parallel
-from seqtool.data.dataset import EncodedCorpus, check_line_counts, open_or_build
 from seqtool.decode.search import SearchConfig
 from seqtool.decode.translate import translate_ids
-from seqtool.errors import CheckpointError, ConfigError, DataError, TrainingError
+from seqtool.errors import ConfigError, TrainingError
 from seqtool.evaluate import corpus_bleu
 from seqtool.models import build_model
 from seqtool.models.base import Seq2SeqModel
 from seqtool.rundir import RunDir, load_model_weights, read_run_config
-from seqtool.runtime import (
-    autocast,
-    bf16_supported,
-    limit_onednn_cache,
-    resolve_device,
-    seed_everything,
-    set_threads,
-)
-from seqtool.tokenizer import Tokenizer, TokenizerSpec, train_sentencepiece
+from seqtool.runtime import autocast, bf16_supported, limit_onednn_cache, resolve_device, seed_everything, set_threads
+from seqtool.tokenizer import Tokenizer
 from seqtool.train.distributed import (
     all_reduce,
     barrier,
@@ -59,15 +48,16 @@ from seqtool.train.distributed import (
 )
 from seqtool.train.loss import label_smoothed_nll
 from seqtool.train.optim import build_optimizer, build_scheduler
+from seqtool.train.setup import encode_data, encoded_corpus, ensure_tokenizer, prepare_run_dir, read_data
+from seqtool.train.state import all_rng_states, apply_hyperparameters, restore_rank_rng, truncate_metrics
 
-SMALL_CORPUS_BYTES = 8_000_000  # below this, the corpus cache is encoded in one process
 MAX_SKIPPED_IN_A_ROW = 20  # with train.skip_nonfinite: this many bad updates in a row end the run
 
 
 class Reporter(Protocol):
     """Where the trainer sends progress (the CLI shows it; tests can ignore it)."""
 
-    def start(self, total_steps: int, start_step: int) -> None: ...
+    def start(self, total_steps: int, start_step: int, deadline: float | None = None) -> None: ...
     def advance(self, step: int) -> None: ...
     def update(self, values: dict[str, float]) -> None: ...
     def message(self, text: str) -> None: ...
@@ -77,7 +67,7 @@ class Reporter(Protocol):
 class NullReporter:
     """A reporter that shows nothing."""
 
-    def start(self, total_steps: int, start_step: int) -> None:
+    def start(self, total_steps: int, start_step: int, deadline: float | None = None) -> None:
         pass
 
     def advance(self, step: int) -> None:
@@ -102,168 +92,6 @@ class TrainResult:
     stop_reason: str  # max_steps | max_minutes | patience | interrupted
     best_bleu: float | None
     last_eval: dict[str, float] | None
-
-
-@dataclass
-class EncodedData:
-    """Training (filtered) and dev pairs as piece ids."""
-
-    train_src: Sequence[Sequence[int]]  # ids read from the on-disk cache (seqtool.data.dataset), indexable like lists
-    train_tgt: Sequence[Sequence[int]]
-    dev_src: list[list[int]]
-    dev_tgt: list[list[int]]
-    dev_refs: list[str]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Set-up
-
-
-def _prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not run.checkpoint("last").exists():
-            raise CheckpointError(
-                f"nothing to resume in {run.root}: no checkpoints/last.pt",
-                "start the run without --resume",
-            )
-        for partial in run.checkpoints.glob(".*.tmp"):  # a save cut short by a kill; the renamed files are complete
-            partial.unlink()
-        return
-    if run.holds_run() and not overwrite:
-        raise CheckpointError(
-            f"run directory {run.root} already holds a run",
-            "continue it with --resume, start over with --overwrite, or choose another --run-dir",
-        )
-    # a previous run (with --overwrite) or the leftovers of a start that failed during set-up
-    for path in (run.checkpoints, run.config, run.metrics, run.log):
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    for spm_file in [*run.root.glob("spm*.model"), *run.root.glob("spm*.vocab")]:
-        spm_file.unlink()
-    run.checkpoints.mkdir(parents=True, exist_ok=True)
-
-
-def _ensure_tokenizer(cfg: Config, run: RunDir, log: Any) -> Tokenizer:
-    """Copy the configured tokenizer(s) into the run directory, training them first where they do not exist."""
-    spec = TokenizerSpec(
-        vocab_size=cfg.tokenizer.vocab_size,
-        model_type=cfg.tokenizer.type,
-        character_coverage=cfg.tokenizer.character_coverage,
-        input_sentence_size=cfg.tokenizer.input_sentence_size,
-        seed=cfg.seed,
-    )
-    src_dest, tgt_dest = run.tokenizer_paths(cfg.tokenizer.joint)
-    if cfg.tokenizer.joint:
-        sides = [(cfg.tokenizer.model, [cfg.data.train_src, cfg.data.train_tgt], src_dest)]
-    else:
-        sides = [
-            (cfg.tokenizer.src_model, [cfg.data.train_src], src_dest),
-            (cfg.tokenizer.tgt_model, [cfg.data.train_tgt], tgt_dest),
-        ]
-    for configured, inputs, dest in sides:
-        if dest.exists():
-            continue
-        if configured and Path(configured).exists():
-            shutil.copyfile(configured, dest)
-            continue
-        target = Path(configured) if configured else dest
-        log(f"training a {spec.model_type} SentencePiece model ({spec.vocab_size} pieces) on {', '.join(inputs)}")
-        model_path = train_sentencepiece(inputs, target.with_suffix(""), spec)
-        if model_path != dest:
-            shutil.copyfile(model_path, dest)
-    return Tokenizer.load(src_dest, tgt_dest)
-
-
-@dataclass
-class RawData:
-    """The dev text, read (and checked) before anything is trained; the training files are checked, not held."""
-
-    dev_src: list[str]
-    dev_tgt: list[str]
-
-
-def _read_data(cfg: Config) -> RawData:
-    """Check the training files (existence, line counts, UTF-8, streamed) and read the dev files, before any set-up."""
-    for key in ("train_src", "train_tgt", "dev_src", "dev_tgt"):
-        name = getattr(cfg.data, key)
-        if name and not Path(name).exists():
-            raise DataError(
-                f"data.{key}: file not found: {name}", "paths in a config are relative to the current directory"
-            )
-    errors = cfg.data.encoding_errors
-    check_line_counts(Path(cfg.data.train_src), Path(cfg.data.train_tgt))
-    if errors == "strict":
-        check_utf8(cfg.data.train_src)
-        check_utf8(cfg.data.train_tgt)
-    dev_src: list[str] = []
-    dev_tgt: list[str] = []
-    if cfg.data.dev_src:
-        dev_src, dev_tgt = read_parallel(cfg.data.dev_src, cfg.data.dev_tgt, errors)
-        if cfg.train.eval_max_sentences:
-            dev_src, dev_tgt = dev_src[: cfg.train.eval_max_sentences], dev_tgt[: cfg.train.eval_max_sentences]
-    return RawData(dev_src, dev_tgt)
-
-
-def unk_rate(ids: list[list[int]], unk: int) -> float:
-    """Share of pieces that are <unk>."""
-    total = sum(len(seq) for seq in ids)
-    return sum(seq.count(unk) for seq in ids) / total if total else 0.0
-
-
-def cache_workers(cfg: Config) -> int:
-    """Encoding processes for the corpus cache: data.workers, else one per core; one for small corpora (a pool's
-    start-up costs more than it saves below a few MB)."""
-    size = sum(Path(p).stat().st_size for p in (cfg.data.train_src, cfg.data.train_tgt))
-    if size < SMALL_CORPUS_BYTES:
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cfg.data.workers or cores
-
-
-def encoded_corpus(cfg: Config, run: RunDir, tokenizer: Tokenizer, log: Any) -> EncodedCorpus:
-    """The training corpus as ids read from the on-disk cache, built (in parallel) when missing or stale."""
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run.root / "cache"
-    corpus, report, built = open_or_build(
-        cache_dir,
-        cfg.data.train_src,
-        cfg.data.train_tgt,
-        tokenizer.src.path,
-        None if tokenizer.joint else tokenizer.tgt.path,
-        cfg.data.max_len,
-        cfg.data.max_ratio,
-        workers=cache_workers(cfg),
-        encoding_errors=cfg.data.encoding_errors,
-    )
-    log(f"training data: {report.summary()}; encoded cache {'built' if built else 'reused'} in {cache_dir}")
-    if len(corpus) == 0:
-        raise DataError(
-            f"no training pairs left after filtering {cfg.data.train_src} / {cfg.data.train_tgt}",
-            "check the files, or raise data.max_len",
-        )
-    return corpus
-
-
-def _encode_data(cfg: Config, raw: RawData, corpus: EncodedCorpus, tokenizer: Tokenizer, log: Any) -> EncodedData:
-    data = EncodedData(corpus.src_seqs, corpus.tgt_seqs, [], [], raw.dev_tgt)
-    if raw.dev_src:
-        data.dev_src = tokenizer.src.encode(raw.dev_src)
-        data.dev_tgt = tokenizer.tgt.encode(raw.dev_tgt)
-        rates = {
-            side: unk_rate(ids, tokenizer.specials.unk)
-            for side, ids in (("source", data.dev_src), ("target", data.dev_tgt))
-        }
-        log(
-            f"dev data: {len(raw.dev_src)} pairs; <unk> rate {rates['source']:.2%} source, {rates['target']:.2%} target"
-        )
-        for side, rate in rates.items():
-            if rate > cfg.data.unk_warn:
-                log(
-                    f"warning: {rate:.1%} of the dev {side} pieces are <unk>: the tokenizer does not fit this data "
-                    "(another language or script?); check tokenizer.model or raise tokenizer.character_coverage"
-                )
-    return data
 
 
 def _tensorboard_writer(run: RunDir, log: Any) -> Any:
@@ -304,24 +132,6 @@ def _stop_on_signals(flag: dict[str, bool], keep_after_failure: bool = False) ->
                 signal.signal(sig, old)
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(value: Any) -> Any:
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The trainer
 
@@ -346,13 +156,12 @@ class Trainer:
         self.reporter = (reporter or NullReporter()) if self.dist.is_main else NullReporter()
         self.resume = resume
         if resume and self.run.config.exists():
-            stored = read_run_config(self.run)
-            changes = config_diff(stored, cfg)
+            changes = config_diff(read_run_config(self.run), cfg)
             if changes:
                 self.log("the given config differs from the stored run: " + "; ".join(changes))
-        raw = _read_data(cfg)  # bad data fails here, before anything is written
+        raw = read_data(cfg)  # bad data fails here, before anything is written
         if self.dist.is_main:
-            _prepare_run_dir(self.run, resume, overwrite)
+            prepare_run_dir(self.run, resume, overwrite)
         self.cfg = cfg
         self.dist, self.device = init_distributed(resolve_device(cfg.train.device))
         set_threads(cfg.train.threads)
@@ -362,21 +171,22 @@ class Trainer:
             self.log(f"bf16 is not supported on this {self.device.type} device: training in fp32")
             self.precision = "fp32"
         if self.dist.is_main:
-            self.tokenizer = _ensure_tokenizer(cfg, self.run, self.log)
+            self.tokenizer = ensure_tokenizer(cfg, self.run, self.log)
             self.corpus = encoded_corpus(cfg, self.run, self.tokenizer, self.log)
         barrier(self.dist)  # the other ranks open the tokenizer and the corpus cache rank 0 prepared
         if not self.dist.is_main:
             self.tokenizer = Tokenizer.load(*self.run.tokenizer_paths(cfg.tokenizer.joint))
             self.corpus = encoded_corpus(cfg, self.run, self.tokenizer, self.log)
-        self.data = _encode_data(cfg, raw, self.corpus, self.tokenizer, self.log)
+        self.data = encode_data(cfg, raw, self.corpus, self.tokenizer, self.log)
         if self.dist.is_main:
             atomic_write_text(self.run.config, dump_config(cfg))  # written last: its presence marks a started run
-        seed_everything(cfg.seed)
+        # each rank its own dropout stream (rank 0 that of a single process); DDP gives every rank rank 0's weights
+        seed_everything(cfg.seed, self.dist.rank)
         self.specials = self.tokenizer.specials
         self.model: Seq2SeqModel = build_model(
             cfg.model, self.tokenizer.src.vocab_size, self.tokenizer.tgt.vocab_size, self.specials
         ).to(self.device)
-        self.optimizer = build_optimizer(self.model.parameters(), cfg.train)
+        self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.sampler = BatchSampler(self.corpus.src_lengths, self.corpus.tgt_lengths, cfg.train.batch_tokens, cfg.seed)
         self.step = 0
@@ -428,7 +238,8 @@ class Trainer:
             self.tensorboard.flush()
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
-    def _checkpoint_state(self, full: bool) -> dict[str, Any]:
+    def _checkpoint_state(self, rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """What a checkpoint holds: the model and metadata; with `rng` (every rank's), all that exact resume needs."""
         state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "step": self.step,
@@ -438,56 +249,47 @@ class Trainer:
         if self.last_eval:
             state["dev_bleu"] = self.last_eval.get("dev_bleu")
             state["dev_loss"] = self.last_eval.get("dev_loss")
-        if full:
+        if rng is not None:
             state.update(
                 optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(),
                 sampler=self.sampler.state_dict(),
                 best_bleu=self.best_bleu,
                 stale_evals=self.stale_evals,
-                rng=_rng_state(),
+                rng=rng,
             )
         return state
 
     def _save_last(self) -> None:
+        """Write last.pt, the resume point (every rank must call it: it gathers every rank's RNG state)."""
+        rng = all_rng_states(self.dist)
         if not self.dist.is_main:
             return
         self._check_finite()
-        save_checkpoint(self.run.checkpoint("last"), self._checkpoint_state(full=True))
+        save_checkpoint(self.run.checkpoint("last"), self._checkpoint_state(rng))
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path)
         load_model_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        changed = apply_hyperparameters(self.optimizer, self.scheduler, self.cfg.train)
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         self.best_bleu = state.get("best_bleu")
         self.stale_evals = int(state.get("stale_evals", 0))
-        _set_rng_state(state["rng"])
-        self._truncate_metrics()
+        restore_rank_rng(state["rng"], self.dist, path)
+        if self.dist.is_main:
+            truncate_metrics(self.run.metrics, self.step)
         self.log(f"resumed from {path} at step {self.step}")
-
-    def _truncate_metrics(self) -> None:
-        """Drop metrics logged after the checkpoint (a run killed after its last save logged steps that will rerun)."""
-        if not self.dist.is_main or not self.run.metrics.exists():
-            return
-        lines = self.run.metrics.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = []
-        for line in lines:
-            try:
-                if json.loads(line).get("step", 0) <= self.step:
-                    kept.append(line)
-            except json.JSONDecodeError:  # a line cut short by the kill
-                continue
-        if len(kept) != len(lines):
-            atomic_write_text(self.run.metrics, "".join(kept))
+        if changed:
+            self.log(f"the optimizer follows the given config from step {self.step + 1}: " + "; ".join(changed))
 
     def _save_step(self) -> None:
         if not self.dist.is_main:
             return
         self._check_finite()
-        save_checkpoint(self.run.checkpoint(f"step_{self.step}"), self._checkpoint_state(full=False))
+        save_checkpoint(self.run.checkpoint(f"step_{self.step}"), self._checkpoint_state())
         keep = self.cfg.train.keep_last
         if keep:
             for old in self.run.step_checkpoints()[:-keep]:
@@ -543,13 +345,7 @@ class Trainer:
             _, nll = label_smoothed_nll(logits, batch.tgt_out[keep], self.specials.pad, 0.0)
             nll_total += float(nll)
             tokens += batch.tgt_tokens
-        search_cfg = SearchConfig(
-            beam=1,
-            nbest=1,
-            length_penalty=0.0,
-            max_len_a=self.cfg.decode.max_len_a,
-            max_len_b=self.cfg.decode.max_len_b,
-        )
+        search_cfg = SearchConfig.from_decode(self.cfg.decode, beam=1, nbest=1, length_penalty=0.0)  # greedy
         hyps = translate_ids(self.model, src, search_cfg, self.cfg.decode.batch_tokens, self.device, self.precision)
         texts = self.tokenizer.tgt.decode([h[0].tokens if h else [] for h in hyps])
         self.model.train()
@@ -561,17 +357,17 @@ class Trainer:
         }
 
     def _validate_and_save(self) -> None:
-        if not self.dist.is_main:  # the other ranks wait for it in their next collective
-            return
-        self._check_finite()
-        if self.data.dev_src:
+        """Dev loss and BLEU (rank 0), best.pt when BLEU improved, then last.pt (every rank takes part)."""
+        if self.dist.is_main:
+            self._check_finite()
+        if self.dist.is_main and self.data.dev_src:
             self.last_eval = self.evaluate()
             bleu = self.last_eval["dev_bleu"]
             improved = self.best_bleu is None or bleu > self.best_bleu
             self.stale_evals = 0 if improved else self.stale_evals + 1
             if improved:
                 self.best_bleu = bleu
-                save_checkpoint(self.run.checkpoint("best"), self._checkpoint_state(full=False))
+                save_checkpoint(self.run.checkpoint("best"), self._checkpoint_state())
             self._metrics({"type": "eval", "step": self.step, **self.last_eval, "best_bleu": self.best_bleu})
             self.log(
                 f"step {self.step}: dev loss {self.last_eval['dev_loss']:.3f} (ppl {self.last_eval['dev_ppl']:.1f}), "
@@ -581,17 +377,20 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
-        """Train until max_steps, max_minutes or a stop signal; returns how it ended."""
+        """Train until max_steps, max_minutes, patience or a stop signal; returns how it ended.
+
+        Whatever ends it, the final step is logged and saved, and validated unless a signal ended the run.
+        """
         tcfg = self.cfg.train
         self.model.train()
         batches = iter(self.sampler)
         flag = {"stop": False}
-        started = time.monotonic()
-        deadline = started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
-        window_start, window_tokens = time.monotonic(), 0
-        last_saved = self.step
+        self.started = time.monotonic()
+        deadline = self.started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
+        self.window_start, self.window_tokens = time.monotonic(), 0
+        self.logged_step = self.saved_step = self.step
         stop_reason = "max_steps"
-        self.reporter.start(tcfg.max_steps, self.step)
+        self.reporter.start(tcfg.max_steps, self.step, deadline if tcfg.max_minutes else None)
         left_together = False
         try:
             with _stop_on_signals(flag, keep_after_failure=self.dist.enabled):
@@ -600,32 +399,14 @@ class Trainer:
                     if reason:
                         stop_reason = reason
                         break
-                    window_tokens += self._update(self._next_batches(batches, tcfg.accum_steps))
-                    self.reporter.advance(self.step)
-                    if self.step % tcfg.log_every == 0:
-                        self._log_train(window_tokens, time.monotonic() - window_start, started)
-                        window_start, window_tokens = time.monotonic(), 0
-                    if tcfg.save_every and self.step % tcfg.save_every == 0:
-                        self._save_step()
-                    if self.step % tcfg.eval_every == 0:
-                        self._validate_and_save()
-                        last_saved = self.step
-                        window_start = time.monotonic()  # validation time is not training throughput
-                        if broadcast_flag(self._out_of_patience(), self.dist):
-                            stop_reason = "patience"
-                            break
-                if stop_reason == "interrupted":
-                    if last_saved != self.step:
-                        self._save_last()
-                    self.log(
-                        f"interrupted at step {self.step}; saved {self.run.checkpoint('last')}. "
-                        f"Resume with: seqtool train --resume {self.run.root}"
-                    )
-                else:
-                    if last_saved != self.step:
-                        self._validate_and_save()
-                    if tcfg.average_last:
-                        self._average_last(tcfg.average_last)
+                    tokens = self._update(self._next_batches(batches, tcfg.accum_steps))
+                    if tokens is None:  # a skipped non-finite update: no step was made, so nothing is due
+                        continue
+                    self.window_tokens += tokens
+                    if self._after_update():
+                        stop_reason = "patience"
+                        break
+                self._finish(stop_reason)
                 # rank 0 may still be validating or saving: the ranks leave the job together, since a rank that
                 # tears down its process group while a peer is still connected aborts inside gloo
                 barrier(self.dist)
@@ -644,10 +425,49 @@ class Trainer:
             self.log(f"finished at step {self.step} ({stop_reason})")
         return TrainResult(self.run.root, self.step, stop_reason, self.best_bleu, self.last_eval)
 
-    def _update(self, group: list[Batch]) -> int:
+    def _after_update(self) -> bool:
+        """What is due after an update that made step `self.step`: log, step checkpoint, validation (with last.pt).
+        Returns whether patience ran out."""
+        tcfg = self.cfg.train
+        self.reporter.advance(self.step)
+        if self.step % tcfg.log_every == 0:
+            self._log_window()
+        if tcfg.save_every and self.step % tcfg.save_every == 0:
+            self._save_step()
+        if self.step % tcfg.eval_every == 0:
+            self._validate_and_save()
+            self.saved_step = self.step
+            self.window_start = time.monotonic()  # validation time is not training throughput
+            return broadcast_flag(self._out_of_patience(), self.dist)
+        return False
+
+    def _finish(self, stop_reason: str) -> None:
+        """The end of the run: log the steps since the last log line, save (and validate) the final step."""
+        if self.logged_step != self.step:
+            self._log_window()
+        if stop_reason == "interrupted":
+            if self.saved_step != self.step:
+                self._save_last()
+            self.log(
+                f"interrupted at step {self.step}; saved {self.run.checkpoint('last')}. "
+                f"Resume with: seqtool train --resume {self.run.root}"
+            )
+            return
+        if self.saved_step != self.step:
+            self._validate_and_save()
+        if self.cfg.train.average_last:
+            self._average_last(self.cfg.train.average_last)
+
+    def _log_window(self) -> None:
+        self._log_train(self.window_tokens, time.monotonic() - self.window_start, self.started)
+        self.window_start, self.window_tokens = time.monotonic(), 0
+        self.logged_step = self.step
+
+    def _update(self, group: list[Batch]) -> int | None:
         """One optimizer update from the batches of `group` (gradient accumulation); returns its target tokens.
 
-        With train.skip_nonfinite, an update whose loss is NaN/inf is dropped (its data is consumed) and 0 returned.
+        With train.skip_nonfinite, an update whose loss is NaN/inf is dropped (its data is consumed, the step count
+        does not move) and None returned.
         """
         tcfg = self.cfg.train
         update_loss = torch.zeros((), device=self.device)
@@ -676,7 +496,7 @@ class Trainer:
                     f"{MAX_SKIPPED_IN_A_ROW} updates in a row had a non-finite loss at step {self.step}: giving up",
                     "lower train.lr or raise train.warmup; check the data",
                 )
-            return 0
+            return None
         self.skipped_in_a_row = 0
         if tcfg.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.clip_norm)
@@ -723,7 +543,8 @@ class Trainer:
         src, tgt = self.data.train_src, self.data.train_tgt
         world, rank = self.dist.world_size, self.dist.rank
         update = list(islice(batches, count * world))
-        total = sum(len(tgt[i]) + 1 for idx in update for i in idx)  # + </s>
+        lengths = self.corpus.tgt_lengths  # from the cache's offsets: no sequence is read for the count
+        total = sum(int(lengths[idx].sum()) + len(idx) for idx in update)  # + </s> per sentence
         group = [make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials) for idx in update[rank::world]]
         for b in group:
             b.update_tokens = total
@@ -765,23 +586,3 @@ class Trainer:
 def train(cfg: Config, run_dir: Path, **kwargs: Any) -> TrainResult:
     """Set up a run directory (or resume one) and train; see `Trainer`."""
     return Trainer(cfg, run_dir, **kwargs).fit()
-
-
-def prepare(cfg: Config, run_dir: Path, log: Any) -> EncodedCorpus:
-    """Check the data, train the tokenizer where the config names one that does not exist yet, and build the encoded
-    corpus cache: what `seqtool train` would do first, ahead of time (e.g. before a multi-node run)."""
-    named = cfg.tokenizer.model if cfg.tokenizer.joint else cfg.tokenizer.src_model and cfg.tokenizer.tgt_model
-    if not named:
-        raise ConfigError(
-            "seqtool prepare needs the tokenizer's file named in the config (tokenizer.model, or src_model and "
-            "tgt_model when joint is false)",
-            "name the file to use or to create, e.g. --set tokenizer.model=data/spm.model, and train with the same "
-            "--set (a tokenizer trained by `seqtool train` itself lives in its run directory)",
-        )
-    raw = _read_data(cfg)
-    run = RunDir(Path(run_dir))
-    run.root.mkdir(parents=True, exist_ok=True)
-    tokenizer = _ensure_tokenizer(cfg, run, log)
-    corpus = encoded_corpus(cfg, run, tokenizer, log)
-    log(f"dev data: {len(raw.dev_src)} pairs" if raw.dev_src else "no dev data")
-    return corpus

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import sacrebleu
 import yaml
 
 from tests.cli.helpers import write_config
@@ -53,7 +54,7 @@ def trained_run(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathF
     return root / "run"
 
 
-def test_train_writes_the_run_directory(trained_run: Path) -> None:
+def test_train_writes_the_run_directory(trained_run: Path, tiny_corpus: dict[str, Path]) -> None:
     for name in (
         "config.yaml",
         "spm.model",
@@ -70,7 +71,14 @@ def test_train_writes_the_run_directory(trained_run: Path) -> None:
     assert [r["step"] for r in evals] == [15, 30]
     assert train[-1]["loss"] < train[0]["loss"]
     assert all(r["tgt_tok_s"] > 0 and r["lr"] > 0 for r in train)
-    assert all(0.0 <= r["dev_bleu"] <= 100.0 for r in evals)
+    # the last dev BLEU is sacrebleu's on what greedy decoding of last.pt (saved at that validation) gives for dev
+    hyp = seqtool("translate", str(trained_run), "-i", str(tiny_corpus["dev.en"]), "--checkpoint", "last",
+                  "--beam", "1", "--quantize", "none")  # fmt: skip
+    assert hyp.returncode == 0, hyp.stderr
+    refs = tiny_corpus["dev.de"].read_text(encoding="utf-8").splitlines()
+    bleu = sacrebleu.corpus_bleu(hyp.stdout.splitlines(), [refs]).score
+    assert evals[-1]["dev_bleu"] == pytest.approx(bleu, abs=1e-9) and bleu > 0.0
+    assert evals[-1]["best_bleu"] == max(r["dev_bleu"] for r in evals)
     stored = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert stored["train"]["max_steps"] == 30 and stored["model"]["d_model"] == 32
 
@@ -93,11 +101,25 @@ def test_translate_files_and_eval(trained_run: Path, tiny_corpus: dict[str, Path
     again = seqtool("translate", str(trained_run), "-i", str(tiny_corpus["test.en"]), "-o", str(hyp))
     assert_user_error(again, "exists", "--overwrite")
 
-    result = seqtool("eval", "--hyp", str(hyp), "--ref", str(tiny_corpus["test.de"]))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("BLEU = ")
-    assert "chrF2 = " in result.stdout and "TER = " in result.stdout
-    assert "signature: nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in result.stdout
+    # the scores are sacrebleu's on the same files: the model's output, and a partly right one (the reference with
+    # words dropped from every other line) whose scores depend on every line
+    refs = tiny_corpus["test.de"].read_text(encoding="utf-8").splitlines()
+    partial = tmp_path / "partial.de"
+    partial.write_text("".join((r if i % 2 else " ".join(r.split()[::2])) + "\n" for i, r in enumerate(refs)))
+    for path in (hyp, partial):
+        hyps = path.read_text(encoding="utf-8").splitlines()
+        expected = [sacrebleu.corpus_bleu(hyps, [refs]), sacrebleu.corpus_chrf(hyps, [refs]),
+                    sacrebleu.corpus_ter(hyps, [refs])]  # fmt: skip
+        result = seqtool("eval", "--hyp", str(path), "--ref", str(tiny_corpus["test.de"]))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(str(expected[0]))  # sacrebleu's rendering: "BLEU = 12.34 56.7/.../... (BP ..."
+        assert str(expected[1]) in result.stdout and str(expected[2]) in result.stdout
+        assert "signature: nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in result.stdout
+        as_json = seqtool("eval", "--hyp", str(path), "--ref", str(tiny_corpus["test.de"]), "--json")
+        scores = json.loads(as_json.stdout)
+        got = [scores[name]["score"] for name in ("BLEU", "chrF2", "TER")]
+        assert got == pytest.approx([e.score for e in expected], abs=1e-4)  # rounded to 4 decimals
+    assert 20.0 < expected[0].score < 90.0 and 0.0 < expected[2].score < 50.0  # the partly right one
 
     result = seqtool("eval", "--hyp", str(tiny_corpus["test.de"]), "--ref", str(tiny_corpus["test.de"]), "--json")
     scores = json.loads(result.stdout)
@@ -130,13 +152,36 @@ def test_resume_continues_and_refuses_to_clobber(
 
 @pytest.mark.parametrize("model", ["gru", "lstm"])
 def test_recurrent_models_train_and_translate(model: str, tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+
+    from seqtool.data.batching import pad_sequences
+    from seqtool.decode.search import SearchConfig, search
+    from seqtool.rundir import load_for_inference
+
     config = write_config(tmp_path / f"{model}.yaml", tiny_corpus, model, max_steps=10, eval_every=10)
-    result = seqtool("train", str(config), "--run-dir", str(tmp_path / "run"))
+    run = tmp_path / "run"
+    result = seqtool("train", str(config), "--run-dir", str(run))
     assert result.returncode == 0, result.stderr
     assert "joint" not in result.stderr
-    out = seqtool("translate", str(tmp_path / "run"), "--beam", "2", stdin="Open file\n\nClose\n")
-    assert out.returncode == 0, out.stderr
-    assert len(out.stdout.split("\n")) == 4
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 10
+    lines = ["Open file", "", "Close the window", "Save all documents"]
+    stdin = "".join(line + "\n" for line in lines)
+    # what the library's search gives on the run's checkpoint, for beam 2 and greedy
+    net, tokenizer, cfg, _ = load_for_inference(run)
+    assert cfg.model.kind == "rnn" and cfg.model.cell == model
+    src = pad_sequences(tokenizer.src.encode(lines), tokenizer.specials.pad, suffix=tokenizer.specials.eos)
+    for beam in (2, 1):
+        search_cfg = SearchConfig(beam=beam, nbest=1, length_penalty=cfg.decode.length_penalty,
+                                  max_len_a=cfg.decode.max_len_a, max_len_b=cfg.decode.max_len_b,
+                                  stop=cfg.decode.stop)  # fmt: skip
+        with torch.inference_mode():
+            hyps = search(net, src, search_cfg)
+        expected = [text if line else "" for text, line in zip(
+            tokenizer.tgt.decode([h[0].tokens for h in hyps]), lines, strict=True)]  # fmt: skip
+        out = seqtool("translate", str(run), "--beam", str(beam), stdin=stdin)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "".join(text + "\n" for text in expected), f"beam {beam}"
+        assert [bool(text) for text in expected] == [True, False, True, True]  # something for each non-empty line
 
 
 # -- bad input: one line on stderr, exit code 2, no traceback ----------------------------------------------------------

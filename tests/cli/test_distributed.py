@@ -64,15 +64,30 @@ def test_two_processes_equal_one_process_with_two_accumulated_batches(setup: tup
     assert len(metrics) == len(single_metrics)  # one writer: no duplicated lines
 
 
-def test_resume_under_ddp_continues(setup: tuple[Path, Path]) -> None:
+def test_resume_under_ddp_continues_exactly(setup: tuple[Path, Path]) -> None:
+    """4 steps, --resume for 2 more == 6 steps in one go, under torchrun, with dropout: every rank's RNG resumes."""
     root, config = setup
-    first = run([*TORCHRUN, "-m", "seqtool", "train", str(config), "--run-dir", str(root / "resumed"),
-                 "--set", "train.max_steps=4"])  # fmt: skip
+    dropout = root / "dropout.yaml"
+    dropout.write_text(config.read_text().replace("dropout: 0.0", "dropout: 0.3"))
+    straight = run([*TORCHRUN, "-m", "seqtool", "train", str(dropout), "--run-dir", str(root / "straight")])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = run([*TORCHRUN, "-m", "seqtool", "train", str(dropout), "--run-dir", str(root / "resumed"),
+                 "--set", "train.max_steps=4", "--set", "train.eval_every=2"])  # fmt: skip
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run([*TORCHRUN, "-m", "seqtool", "train", "--resume", str(root / "resumed"), "--set", "train.max_steps=6"])
+    rng = torch.load(root / "resumed" / "checkpoints" / "last.pt", weights_only=True)["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])  # one state per rank, each its own
+    second = run([*TORCHRUN, "-m", "seqtool", "train", "--resume", str(root / "resumed"), "--set", "train.max_steps=6",
+                  "--set", "train.eval_every=2"])  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
     assert torch.load(root / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 6
     assert "resumed from" in (root / "resumed" / "train.log").read_text(encoding="utf-8")
+    a, b = parameters(root / "straight"), parameters(root / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a), "the resumed DDP run differs from the uninterrupted one"
+    single = run([sys.executable, "-m", "seqtool", "train", str(dropout), "--run-dir", str(root / "one"),
+                  "--set", "train.accum_steps=2"])  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    c = parameters(root / "one")  # rank 1 draws its own dropout masks, so DDP no longer equals one process here
+    assert max((a[k].float() - c[k].float()).abs().max().item() for k in a) > 1e-4
 
 
 def test_a_dead_rank_stops_the_job_with_a_clear_message(setup: tuple[Path, Path]) -> None:

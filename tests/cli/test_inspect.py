@@ -6,6 +6,7 @@ import json
 import struct
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -24,6 +25,33 @@ def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR", f"{path} is not a PNG"
     return struct.unpack(">II", data[16:24])
+
+
+def png_pixels(path: Path) -> Any:
+    """The RGB pixels of a PNG file as integers 0-255, (height, width, 3), decoded by matplotlib."""
+    from matplotlib.image import imread
+
+    width, height = png_size(path)
+    pixels = (imread(path)[..., :3] * 255).round().astype(int)
+    assert pixels.shape == (height, width, 3)
+    return pixels
+
+
+def colour_shares(pixels: Any, palette: Any) -> tuple[Any, Any, Any]:
+    """The distinct colours of the pixels, the share of the pixels each covers, and whether each is within 2 levels
+    (per channel) of a colour of `palette` (n, 3)."""
+    import numpy as np
+
+    keys, counts = np.unique(pixels.reshape(-1, 3) @ np.array([65536, 256, 1]), return_counts=True)
+    colours = np.stack([keys // 65536, keys // 256 % 256, keys % 256], axis=1)
+    near = np.abs(colours[:, None, :] - np.asarray(palette)[None, :, :]).max(-1).min(-1) <= 2
+    return colours, counts / counts.sum(), near
+
+
+def share(pixels: Any, palette: Any) -> float:
+    """The share of the pixels within 2 levels (per channel) of a colour of `palette` (n, 3)."""
+    _, shares, near = colour_shares(pixels, palette)
+    return float(shares[near].sum())
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +94,11 @@ def test_plot_curves_of_two_runs(runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "curves.png"
     result = seqtool("plot", str(runs["transformer"]), str(runs["gru"]), "-o", str(out))
     assert result.returncode == 0, result.stderr
-    width, height = png_size(out)
-    assert (width, height) == (1210, 770) and out.stat().st_size > 30_000  # 11×7 in at 110 dpi, with content
+    pixels = png_pixels(out)
+    assert pixels.shape == (770, 1210, 3)  # 11×7 in at 110 dpi
+    assert share(pixels, [(255, 255, 255)]) > 0.5  # on white: panels, axes, labels
+    for colour in [(31, 119, 180), (255, 127, 14)]:  # the curves of both runs, in matplotlib's first two colours
+        assert share(pixels, [colour]) > 0.0005, colour  # measured: 0.0014 and 0.0016 for two 400-step runs
     assert_user_error(seqtool("plot", str(runs["gru"]), "-o", str(out)), "exists", "--overwrite")
     assert_user_error(seqtool("plot", str(tmp_path / "nope"), "-o", str(tmp_path / "x.png")), "not found")
 
@@ -89,8 +120,17 @@ def test_attention_heatmap(runs: dict[str, Path], tmp_path: Path, name: str) -> 
     result = seqtool("attention", str(runs[name]), "Open the file", "-o", str(out), "--beam", "1")
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1  # the translation (maybe empty after 30 steps), then the picture
-    width, height = png_size(out)
-    assert 300 <= width <= 3000 and 200 <= height <= 3000 and out.stat().st_size > 5_000
+    import matplotlib
+    import numpy as np
+
+    pixels = png_pixels(out)
+    height, width, _ = pixels.shape
+    assert 300 <= width <= 3000 and 200 <= height <= 3000
+    viridis = (matplotlib.colormaps["viridis"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round()
+    colours, shares, near = colour_shares(pixels, viridis)
+    assert shares[near].sum() > 0.2  # the heatmap's cells (and the colour bar) cover much of the picture
+    cells = colours[near & (shares > 0.01)]  # colours of large areas: cells (a colour bar's row is thin)
+    assert len(cells) >= 2, cells  # cells of different weights, not one flat colour
 
 
 def test_attention_weights_rows_are_distributions(runs: dict[str, Path]) -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -41,10 +43,13 @@ def start(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+def wait_for(condition: Callable[[], bool], timeout: float = 120.0, proc: subprocess.Popen[str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
+        if proc is not None and proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"the process ended (exit code {proc.returncode}) before the awaited moment\n{err}")
         time.sleep(0.02)
 
 
@@ -52,7 +57,12 @@ def logged_steps(run: Path) -> int:
     path = run / "metrics.jsonl"
     if not path.exists():
         return 0
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            steps.append(json.loads(line)["step"])
+        except json.JSONDecodeError:  # a line being written, or cut short by a kill
+            continue
     return max(steps, default=0)
 
 
@@ -100,27 +110,84 @@ def test_stopped_and_resumed_run_matches_the_straight_run(
     assert steps == sorted(steps)  # metrics logged after the last checkpoint were dropped on resume
 
 
+SAVE_EVERY = 10  # train.eval_every in `config`: last.pt is written after each validation
+
+
+class Kill(NamedTuple):
+    resumed_from: int | None  # the step of last.pt the killed launch started from (None: a fresh start)
+    moment: str  # when it was killed
+    logged: int  # the last step in metrics.jsonl at the kill
+    saved: int | None  # the step of last.pt after the kill
+
+
+def checkpoint_step(run: Path) -> int | None:
+    """The step of last.pt, or None before the first save."""
+    path = run / "checkpoints" / "last.pt"
+    return int(load_checkpoint(path)["step"]) if path.exists() else None
+
+
+def resumes_logged(run: Path) -> list[int]:
+    """The steps of the "resumed from .../last.pt at step N" lines in train.log (a fresh start clears the log)."""
+    path = run / "train.log"
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    return [int(m) for m in re.findall(r"resumed from \S*last\.pt at step (\d+)", text)]
+
+
 def test_killed_at_random_moments_and_resumed_each_time(straight_run: tuple[Path, Path], tmp_path: Path) -> None:
-    """SIGKILL at random moments (set-up, training, validation, saving), resuming each time: same final model."""
+    """SIGKILL at moments chosen from the run's progress: in set-up, just before a save, during validation and
+    saving, just after; resuming each time from last.pt: the same final model as the uninterrupted run."""
     cfg, straight = straight_run
     run = tmp_path / "run"
-    rng = random.Random(20261125)
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    kills: list[Kill] = []  # what happened, for the assertion messages
+    last_pt = run / "checkpoints" / "last.pt"
+    resumes = 0  # launches after a kill that continued from last.pt (checked in train.log), of 4
 
-    def launch() -> subprocess.Popen[str]:
-        if (run / "checkpoints" / "last.pt").exists():
-            return start("--resume", str(run))
-        return start(str(cfg), "--run-dir", str(run), "--overwrite")  # killed before its first checkpoint
+    def launch() -> tuple[subprocess.Popen[str], int | None]:
+        step = checkpoint_step(run)
+        if step is None:  # killed before its first checkpoint: start over
+            return start(str(cfg), "--run-dir", str(run), "--overwrite"), None
+        return start("--resume", str(run)), step
 
-    for _ in range(4):
-        proc = launch()
-        time.sleep(rng.uniform(0.5, 4.5))
+    def why() -> str:
+        return f"seed {seed}: {kills}"
+
+    for attempt in range(4):
+        before = resumes_logged(run)
+        proc, resumed_from = launch()
+        if resumed_from is not None:  # wait for the restore: it also drops the metrics logged after last.pt
+            wait_for(lambda n=len(before): len(resumes_logged(run)) > n, proc=proc)
+            assert resumes_logged(run)[-1] == resumed_from, why()
+            if attempt:
+                resumes += 1
+        if attempt == 0 and rng.random() < 0.5:  # during set-up (tokenizer, corpus cache, model), before any save
+            moment = "set-up"
+            time.sleep(rng.uniform(0.0, 2.5))
+        else:
+            boundary = (resumed_from or 0) // SAVE_EVERY * SAVE_EVERY + SAVE_EVERY  # the next validation + save
+            # a fresh run must get past its first save (else nothing is resumed); a resumed one may stop short of it
+            offset = rng.choice([0, 1, 2] if resumed_from is None else [-3, -1, 0, 0, 1, 2])
+            moment = f"{offset:+d} from the save at {boundary}"
+            wait_for(lambda t=boundary + offset: logged_steps(run) >= t and last_pt.exists(), proc=proc)
+            time.sleep(rng.uniform(0.0, 0.3))  # at the boundary: during validation, saving or the next steps
         proc.kill()
-        proc.communicate(timeout=60)
-        if (run / "checkpoints" / "last.pt").exists():
-            load_checkpoint(run / "checkpoints" / "last.pt")  # never a half-written file
-    proc = launch()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, f"{why()}\n{err}"  # killed, not finished or failed
+        saved = checkpoint_step(run)  # loads last.pt: never a half-written file
+        kills.append(Kill(resumed_from, moment, logged_steps(run), saved))
+    proc, resumed_from = launch()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+    if resumed_from is not None:
+        assert resumes_logged(run)[-1:] == [resumed_from], why()
+        resumes += 1
+    assert resumes >= 3, f"only {resumes} of 4 launches after a kill resumed; {why()}"
+    # at least one kill threw away logged steps after a save: the resumed run had to redo them exactly
+    assert any(k.saved is not None and k.logged > k.saved for k in kills), why()
     a, b = final_params(straight), final_params(run)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), f"resumed parameters differ from the uninterrupted run; {why()}"
     assert not list((run / "checkpoints").glob(".*.tmp"))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["type"] == "train"] == list(range(1, 61)), why()  # each step once
+    assert [r["step"] for r in records if r["type"] == "eval"] == list(range(10, 61, 10)), why()

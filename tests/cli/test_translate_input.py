@@ -46,6 +46,31 @@ def run_dir(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     return root / "run"
 
 
+def searched_and_forced(run_dir: Path, sources: list[str], beam: int, quantize: str) -> list[tuple[str, float]]:
+    """For each source: the library's translation by the run's best.pt (with `quantize` applied), and the
+    log-probability of its tokens and </s> by teacher forcing."""
+    import torch
+
+    from seqtool.data.batching import pad_sequences
+    from seqtool.decode.quantize import quantize_model
+    from seqtool.decode.search import SearchConfig, score_sequence, search
+    from seqtool.rundir import load_for_inference
+
+    cpu = torch.device("cpu")
+    model, tokenizer, cfg, _ = load_for_inference(run_dir, "best", cpu)
+    if quantize != "none":
+        model = quantize_model(model, quantize, cpu)
+    sp = tokenizer.specials
+    src = pad_sequences(tokenizer.src.encode(sources), sp.pad, suffix=sp.eos)
+    d = cfg.decode
+    search_cfg = SearchConfig(beam=beam, nbest=1, length_penalty=d.length_penalty, max_len_a=d.max_len_a,
+                              max_len_b=d.max_len_b, stop=d.stop)  # fmt: skip
+    hyps = search(model, src, search_cfg)
+    tokens = [h[0].tokens for h in hyps]
+    forced = score_sequence(model, src, pad_sequences(tokens, sp.pad))
+    return list(zip(tokenizer.tgt.decode(tokens), forced.tolist(), strict=True))
+
+
 LONG_LINE = " ".join(["file"] * 10_000)
 ODD_LINES = [
     "Open the file",
@@ -186,7 +211,13 @@ def test_nbest_and_scores(run_dir: Path) -> None:
         assert group_scores == sorted(group_scores, reverse=True)
     scored = output_lines(translate(run_dir, "--beam", "4", "--scores", stdin=stdin))
     assert [s.split("\t")[0] for s in scored] == best
-    assert all(float(s.split("\t")[1]) <= 0.0 for s in scored)
+    # each score is the log-probability the model (int8 as it translated: the default for a Transformer on the CPU)
+    # gives the tokens of its translation and </s>, by teacher forcing; an empty line is not translated: score 0
+    expected = searched_and_forced(run_dir, [lines[0], lines[2]], beam=4, quantize="int8")
+    assert [s.split("\t")[0] for s in scored[::2]] == [text for text, _ in expected]
+    assert float(scored[1].split("\t")[1]) == 0.0
+    scores = [float(s.split("\t")[1]) for s in scored[::2]]
+    assert scores == pytest.approx([log_prob for _, log_prob in expected], abs=1e-3)
     widened = translate(run_dir, "--beam", "1", "--nbest", "2", stdin=b"Open the file\n")
     assert len(output_lines(widened)) == 2 and b"using --beam 2" in widened.stderr
 

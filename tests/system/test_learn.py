@@ -1,78 +1,156 @@
-"""Every model kind must learn a toy task to 100% exact match on held-out sequences (greedy decoding)."""
+"""Each model family learns a toy task through the real pipeline, to at least 99% exact match on held-out input.
+
+The task: reverse a sequence of 2 to 6 words drawn from ten one-letter words, written as text files. `seqtool train`
+trains the tokenizer (25 pieces: the specials, the characters and one piece per word) and the model; then
+`seqtool translate` decodes 200 test sequences that never occur in the training data: with beam 5 and greedily,
+in int8 (the default for a Transformer on the CPU) and in fp32, and with the CTranslate2 engine after
+`seqtool export`.
+"""
 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
-import torch
+import yaml
 
-from seqtool.config import RNNConfig, TransformerConfig
-from seqtool.data.batching import make_batch, pad_sequences
-from seqtool.decode.search import SearchConfig, search
-from seqtool.models import build_model
-from seqtool.models.base import Seq2SeqModel
-from seqtool.tokenizer import SpecialIds
-from seqtool.train.loss import label_smoothed_nll
+WORDS = list("abcdefghij")  # ten one-letter words
+TRAIN_PAIRS = 20_000  # fewer pairs seen more often let the Transformer overfit: 4,000 gave 198 of 200 for one seed
+HELD_OUT = 220  # 20 dev + 200 test sequences, none of them in the training data
 
-SPECIALS = SpecialIds(pad=3, bos=1, eos=2, unk=0)
-VOCAB = 14  # ids 4..13 are the 10 task symbols
-
-
-def sample(rng: random.Random, n: int) -> list[list[int]]:
-    return [[rng.randint(4, VOCAB - 1) for _ in range(rng.randint(2, 6))] for _ in range(n)]
-
-
-def train_reverse(model: Seq2SeqModel, steps: int, lr: float) -> float:
-    """Train on the reverse task; return held-out exact match of greedy decoding."""
-    rng = random.Random(1)
-    test = sample(random.Random(999), 200)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / steps)  # anneal to converge fully
-    model.train()
-    for _ in range(steps):
-        src = sample(rng, 64)
-        batch = make_batch(src, [s[::-1] for s in src], SPECIALS)
-        loss, _ = label_smoothed_nll(model(batch.src, batch.tgt_in), batch.tgt_out, SPECIALS.pad, 0.0)
-        optimizer.zero_grad()
-        (loss / batch.tgt_tokens).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        decay.step()
-    model.eval()
-    with torch.inference_mode():
-        hyps = search(
-            model,
-            pad_sequences(test, SPECIALS.pad, suffix=SPECIALS.eos),
-            SearchConfig(beam=1, nbest=1, max_len_a=1, max_len_b=2),
-        )
-    return sum(h[0].tokens == s[::-1] for h, s in zip(hyps, test, strict=True)) / len(test)
-
-
-MODELS = {
+# Small models and budgets measured to learn the task: 200 of 200 test sequences exact with seeds 1-3 as well
+# (with Luong attention, the LSTM failed for one seed of three: 2 of 200).
+COMMON = {"dropout": 0.0}
+MODELS: dict[str, tuple[dict[str, Any], int, float]] = {
     "transformer": (
-        TransformerConfig(
-            d_model=64, heads=4, ffn_dim=128, encoder_layers=2, decoder_layers=2, dropout=0.0, attention_dropout=0.0
-        ),
-        600,
-        3e-3,
+        {"kind": "transformer", "d_model": 64, "heads": 4, "ffn_dim": 128, "encoder_layers": 2, "decoder_layers": 2,
+         "attention_dropout": 0.0, **COMMON},
+        450,
+        5e-3,
     ),
-    **{
-        # without attention the whole source must pass through the fixed context c: a wider state, more steps
-        f"{cell}-{attn}": (
-            RNNConfig(cell=cell, embed_dim=32, hidden_size=64 if attn != "none" else 128, attention=attn, dropout=0.0),
-            600 if attn != "none" else 800,
-            1e-2 if attn != "none" else 5e-3,
-        )
-        for cell in ("gru", "lstm")
-        for attn in ("none", "bahdanau", "luong")
-    },
-}
+    "gru": ({"kind": "rnn", "cell": "gru", "embed_dim": 32, "hidden_size": 64, "attention": "luong", **COMMON},
+            250, 1e-2),
+    "lstm": ({"kind": "rnn", "cell": "lstm", "embed_dim": 32, "hidden_size": 64, "attention": "bahdanau", **COMMON},
+             250, 1e-2),
+}  # fmt: skip
+
+
+def write_corpus(root: Path) -> dict[str, Path]:
+    """train/dev/test .src/.tgt files: word sequences and their reversals; dev and test are absent from train."""
+    rng = random.Random(0)
+
+    def sequence() -> tuple[str, ...]:
+        return tuple(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))
+
+    held_out: set[tuple[str, ...]] = set()
+    while len(held_out) < HELD_OUT:
+        held_out.add(sequence())
+    dev_test = sorted(held_out)
+    rng.shuffle(dev_test)
+    train: list[tuple[str, ...]] = []
+    while len(train) < TRAIN_PAIRS:
+        seq = sequence()
+        if seq not in held_out:
+            train.append(seq)
+    files = {}
+    for split, rows in (("train", train), ("dev", dev_test[:20]), ("test", dev_test[20:])):
+        for side, order in (("src", 1), ("tgt", -1)):
+            files[f"{split}.{side}"] = path = root / f"{split}.{side}"
+            path.write_text("".join(" ".join(row[::order]) + "\n" for row in rows), encoding="utf-8")
+    return files
+
+
+def write_config(path: Path, corpus: dict[str, Path], name: str) -> Path:
+    model, steps, lr = MODELS[name]
+    config = {
+        "data": {
+            "train_src": str(corpus["train.src"]),
+            "train_tgt": str(corpus["train.tgt"]),
+            "dev_src": str(corpus["dev.src"]),
+            "dev_tgt": str(corpus["dev.tgt"]),
+            "workers": 1,
+        },
+        "tokenizer": {"vocab_size": 25},
+        "model": model,
+        "train": {
+            "max_steps": steps,
+            "eval_every": steps,
+            "log_every": 50,
+            "batch_tokens": 500,
+            "lr": lr,
+            "schedule": "linear",  # decays to 0 at max_steps: the model settles
+            "warmup": 50,
+            "label_smoothing": 0.0,
+            "threads": 1,
+        },
+        "decode": {"beam": 5, "max_len_a": 1.0, "max_len_b": 2},
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def seqtool(*args: str) -> subprocess.Popen[str]:
+    """Start the real CLI in a fresh process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "seqtool", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    """Wait for a process started by `seqtool`; its stdout, after checking that it succeeded."""
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_corpus(tmp_path_factory.mktemp("reverse"))
+
+
+@pytest.fixture(scope="module")
+def runs(corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The three models trained by `seqtool train`, at the same time (one thread each)."""
+    root = tmp_path_factory.mktemp("runs")
+    procs = {
+        name: seqtool("train", str(write_config(root / f"{name}.yaml", corpus, name)), "--run-dir", str(root / name))
+        for name in MODELS
+    }
+    for proc in procs.values():
+        finish(proc)
+    return {name: root / name for name in MODELS}
+
+
+def test_the_test_sequences_never_occur_in_training(corpus: dict[str, Path]) -> None:
+    train = set(corpus["train.src"].read_text(encoding="utf-8").splitlines())
+    test = corpus["test.src"].read_text(encoding="utf-8").splitlines()
+    dev = corpus["dev.src"].read_text(encoding="utf-8").splitlines()
+    assert len(set(test)) == len(test) == 200 and len(dev) == 20
+    assert not train & set(test) and not train & set(dev) and not set(dev) & set(test)
+    assert {len(line.split()) for line in test} == {2, 3, 4, 5, 6}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_learns_reverse_task_to_100_percent(name: str) -> None:
-    torch.manual_seed(0)
-    cfg, steps, lr = MODELS[name]
-    model = build_model(cfg, VOCAB, VOCAB, SPECIALS)
-    assert train_reverse(model, steps, lr) == 1.0
+def test_learns_to_reverse_through_train_and_translate(
+    name: str, runs: dict[str, Path], corpus: dict[str, Path]
+) -> None:
+    run = runs[name]
+    variants = {"beam 5": ["--beam", "5"], "greedy": ["--beam", "1"]}  # int8 for the Transformer (auto), else fp32
+    if name == "transformer":
+        variants |= {"beam 5, fp32": ["--beam", "5", "--quantize", "none"]}
+        finish(seqtool("export", str(run), "--format", "ctranslate2"))
+        variants |= {"beam 5, CTranslate2": ["--beam", "5", "--engine", "ctranslate2"]}
+    procs = {
+        label: seqtool("translate", str(run), "-i", str(corpus["test.src"]), "--threads", "1", *args)
+        for label, args in variants.items()
+    }  # at the same time, one thread each
+    refs = corpus["test.tgt"].read_text(encoding="utf-8").splitlines()
+    for label, proc in procs.items():
+        hyps = finish(proc).splitlines()
+        assert len(hyps) == len(refs), label
+        wrong = [(h, r) for h, r in zip(hyps, refs, strict=True) if h != r]
+        assert len(wrong) <= 0.01 * len(refs), f"{name}, {label}: {len(wrong)} of {len(refs)} wrong: {wrong[:5]}"

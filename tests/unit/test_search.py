@@ -175,7 +175,8 @@ def test_beam1_equals_greedy(gru: TinyGRU, src: Tensor) -> None:
         assert len(g) == len(b) == 1
         assert g[0].tokens == b[0].tokens
         assert g[0].log_prob == pytest.approx(b[0].log_prob, abs=1e-6)
-        assert g[0].score == g[0].log_prob
+        assert g[0].score == pytest.approx(b[0].score, abs=1e-6)  # beam search ranks by its own score (alpha 0)
+    assert_log_probs_match(gru, src, greedy)  # the log-probs of the tokens chosen, not of some other sequence
     assert search(gru, src, SearchConfig(beam=1, nbest=1, **NO_LP)) == greedy
 
 

@@ -30,14 +30,6 @@ def tiny_config(corpus: dict[str, Path], tokenizer: Path | None = None, **train:
     return cfg
 
 
-@pytest.fixture(scope="module")
-def spm_model(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tokenizer trained once through the trainer's own path, reused by every test here."""
-    run = tmp_path_factory.mktemp("spm") / "run"
-    Trainer(tiny_config(tiny_corpus, max_steps=1, eval_every=100), run)
-    return run / "spm.model"
-
-
 def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
