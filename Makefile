@@ -41,6 +41,9 @@ endif
 demo: setup
 	bash recipes/demo.sh
 
+# every test but those marked slow (pyproject.toml's addopts): about 5 min 40 s on 2 cores. test-slow runs only the
+# slow ones (DDP jobs, figures, more engine and signal variants, error paths that need several runs: about 4 min);
+# the two together run everything
 test: setup
 	$(BIN)/python -m pytest -q
 

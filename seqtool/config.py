@@ -116,7 +116,9 @@ class TrainConfig:
     warmup: int = _opt(400, "linear warm-up steps to the peak learning rate", min=0)
     adam_betas: list[float] = _opt([0.9, 0.98], "Adam beta1, beta2")
     adam_eps: float = _opt(1e-8, "Adam epsilon", min=0.0)
-    weight_decay: float = _opt(0.0, "decoupled weight decay (AdamW)", min=0.0)
+    weight_decay: float = _opt(
+        0.0, "decoupled weight decay (AdamW) of weight matrices; biases, norms and embeddings never decay", min=0.0
+    )
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy", min=0.0, below=1.0)
     clip_norm: float = _opt(1.0, "clip the gradient norm to this; 0 = no clipping", min=0.0)
     accum_steps: int = _opt(1, "batches whose gradients are summed into one update (effective batch × N)", min=1)

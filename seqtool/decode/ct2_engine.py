@@ -24,7 +24,7 @@ from typing import Any
 
 from seqtool.config import Config
 from seqtool.decode.search import Hypothesis, SearchConfig
-from seqtool.decode.translate import Translation, clean_line, length_batches
+from seqtool.decode.translate import Translation, decode_hypotheses, encode_sources, length_batches
 from seqtool.errors import CheckpointError, ConfigError, SeqtoolError, check
 from seqtool.export.ctranslate2 import MIN_POSITIONS, check_exported, import_ctranslate2, vocabulary
 from seqtool.runtime import decode_parallelism
@@ -107,25 +107,9 @@ class CTranslate2Translator:
         is cut to that many (its translations marked `truncated`), and translations go through `clean_line` too.
         `batch_tokens` None is the config's decode.batch_tokens.
         """
-        check(
-            max_input_len is None or max_input_len >= 1,
-            f"max_input_len must be at least 1, got {max_input_len}",
-            kind=ConfigError,
-        )
-        src_ids = self.tokenizer.src.encode(clean_line(line) for line in lines)
-        truncated = [max_input_len is not None and len(ids) > max_input_len for ids in src_ids]
-        src_ids = [ids[:max_input_len] for ids in src_ids]
+        src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len)
         hyps = self.translate_ids(src_ids, cfg, batch_tokens)
-        out: list[list[Translation]] = []
-        for nbest, cut in zip(hyps, truncated, strict=True):
-            if not nbest:
-                out.append([Translation("", 0.0, 0.0)])
-                continue
-            texts = self.tokenizer.tgt.decode([h.tokens for h in nbest])
-            out.append(
-                [Translation(clean_line(t), h.log_prob, h.score, cut) for t, h in zip(texts, nbest, strict=True)]
-            )
-        return out
+        return decode_hypotheses(self.tokenizer, hyps, truncated)
 
     def translate_ids(
         self, src_ids: Sequence[Sequence[int]], cfg: SearchConfig, batch_tokens: int | None = None

@@ -130,6 +130,36 @@ class Translation:
     truncated: bool = False  # the source line was cut to `max_input_len` pieces before the search
 
 
+def encode_sources(
+    tokenizer: Tokenizer, lines: Sequence[str], max_input_len: int | None
+) -> tuple[list[list[int]], list[bool]]:
+    """Both engines' input side: `clean_line`, encode, cut to `max_input_len` pieces (None: no limit); returns the
+    ids and, per line, whether it was cut."""
+    check(
+        max_input_len is None or max_input_len >= 1,
+        f"max_input_len must be at least 1, got {max_input_len}",
+        kind=ConfigError,
+    )
+    src_ids = tokenizer.src.encode(clean_line(line) for line in lines)
+    truncated = [max_input_len is not None and len(ids) > max_input_len for ids in src_ids]
+    return [ids[:max_input_len] for ids in src_ids], truncated
+
+
+def decode_hypotheses(
+    tokenizer: Tokenizer, hyps: Sequence[Sequence[Hypothesis]], truncated: Sequence[bool]
+) -> list[list[Translation]]:
+    """Both engines' output side: n-best lists of text (through `clean_line`); an empty source gives one empty
+    Translation."""
+    out: list[list[Translation]] = []
+    for nbest, cut in zip(hyps, truncated, strict=True):
+        if not nbest:
+            out.append([Translation("", 0.0, 0.0)])
+            continue
+        texts = tokenizer.tgt.decode([h.tokens for h in nbest])
+        out.append([Translation(clean_line(t), h.log_prob, h.score, cut) for t, h in zip(texts, nbest, strict=True)])
+    return out
+
+
 class Translator:
     """A model and its tokenizer, turning text lines into translations (seqtool's engine; see `TranslatorLike`).
 
@@ -186,29 +216,13 @@ class Translator:
         `clean_line` too, so none holds a line break (a target model with byte pieces could decode one).
         `batch_tokens` None is the config's decode.batch_tokens.
         """
-        check(
-            max_input_len is None or max_input_len >= 1,
-            f"max_input_len must be at least 1, got {max_input_len}",
-            kind=ConfigError,
-        )
-        src_ids = self.tokenizer.src.encode(clean_line(line) for line in lines)
-        truncated = [max_input_len is not None and len(ids) > max_input_len for ids in src_ids]
-        src_ids = [ids[:max_input_len] for ids in src_ids]
+        src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len)
         workers, threads_per_worker = self.parallelism(cfg)
         if torch.get_num_threads() != threads_per_worker:
             set_threads(threads_per_worker)  # process-wide: the threads of each worker
         budget = self.config.decode.batch_tokens if batch_tokens is None else batch_tokens
         hyps = translate_ids(self.model, src_ids, cfg, budget, self.device, self.precision, workers)
-        out: list[list[Translation]] = []
-        for nbest, cut in zip(hyps, truncated, strict=True):
-            if not nbest:
-                out.append([Translation("", 0.0, 0.0)])
-                continue
-            texts = self.tokenizer.tgt.decode([h.tokens for h in nbest])
-            out.append(
-                [Translation(clean_line(t), h.log_prob, h.score, cut) for t, h in zip(texts, nbest, strict=True)]
-            )
-        return out
+        return decode_hypotheses(self.tokenizer, hyps, truncated)
 
 
 def truncation_warning(results: Sequence[Sequence[Translation]], limit: int) -> str | None:

@@ -127,6 +127,7 @@ def test_translate_files_and_eval(trained_run: Path, tiny_corpus: dict[str, Path
     assert scores["chrF2"]["signature"].startswith("nrefs:1")
 
 
+@pytest.mark.slow  # four runs: about 8 s (make test-slow)
 def test_tokenizer_encode_decode_roundtrip(trained_run: Path) -> None:
     model = str(trained_run / "spm.model")
     text = "Open the file\nSave as\n"
@@ -150,7 +151,8 @@ def test_resume_continues_and_refuses_to_clobber(
     assert records[-1]["type"] == "eval" and records[-1]["step"] == 35
 
 
-@pytest.mark.parametrize("model", ["gru", "lstm"])
+# the LSTM (make test-slow): tests/system/test_learn.py trains and translates one in the default run
+@pytest.mark.parametrize("model", ["gru", pytest.param("lstm", marks=pytest.mark.slow)])
 def test_recurrent_models_train_and_translate(model: str, tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
     import torch
 
@@ -221,6 +223,7 @@ def test_vocab_too_large_is_plain_and_leaves_no_run(tiny_corpus: dict[str, Path]
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
+@pytest.mark.slow  # three runs: about 7 s; tests/unit/test_config.py checks the messages (make test-slow)
 def test_unknown_and_mistyped_config_keys(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("model:\n  kind: transformer\n  d_modle: 64\n")
@@ -231,6 +234,7 @@ def test_unknown_and_mistyped_config_keys(tmp_path: Path) -> None:
     assert_user_error(seqtool("train", str(config), "--set", "train.max_stepz=3"), "train.max_stepz", "--set")
 
 
+@pytest.mark.slow  # three runs: about 6 s (make test-slow)
 def test_run_dir_without_checkpoint(tmp_path: Path) -> None:
     assert_user_error(seqtool("translate", str(tmp_path / "nothing"), stdin="a\n"), "run directory not found")
     (tmp_path / "run").mkdir()
@@ -278,6 +282,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert loud.returncode != 0
 
 
+@pytest.mark.slow  # about 8 s (make test-slow)
 def test_prepare_builds_the_cache_that_train_reuses(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
     config = write_config(tmp_path / "p.yaml", tiny_corpus, "transformer", tokenizer=str(tmp_path / "spm.model"),
                           max_steps=2, eval_every=2)  # fmt: skip

@@ -41,6 +41,7 @@ def parameters(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
 
 
+@pytest.mark.slow  # two torchrun jobs: about 15 s (make test-slow)
 def test_two_processes_equal_one_process_with_two_accumulated_batches(setup: tuple[Path, Path]) -> None:
     root, config = setup
     ddp = run([*TORCHRUN, "-m", "seqtool", "train", str(config), "--run-dir", str(root / "ddp")])
@@ -64,6 +65,7 @@ def test_two_processes_equal_one_process_with_two_accumulated_batches(setup: tup
     assert len(metrics) == len(single_metrics)  # one writer: no duplicated lines
 
 
+@pytest.mark.slow  # three torchrun jobs: about 30 s (make test-slow)
 def test_resume_under_ddp_continues_exactly(setup: tuple[Path, Path]) -> None:
     """4 steps, --resume for 2 more == 6 steps in one go, under torchrun, with dropout: every rank's RNG resumes."""
     root, config = setup
@@ -90,6 +92,7 @@ def test_resume_under_ddp_continues_exactly(setup: tuple[Path, Path]) -> None:
     assert max((a[k].float() - c[k].float()).abs().max().item() for k in a) > 1e-4
 
 
+@pytest.mark.slow  # a torchrun job: about 7 s (make test-slow)
 def test_a_dead_rank_stops_the_job_with_a_clear_message(setup: tuple[Path, Path]) -> None:
     root, config = setup
     run_dir = root / "crash"

@@ -108,6 +108,7 @@ def test_quantize_int8_keeps_lines_and_agrees_with_fp32(run_dir: Path, sentences
         assert output_lines(bf16) == fp32
 
 
+@pytest.mark.slow  # about 10 s (make test-slow)
 def test_quantize_int8_on_a_gru(gru_run: Path, sentences: bytes) -> None:
     fp32 = output_lines(translate(gru_run, "--beam", "2", "--quantize", "none", stdin=sentences))
     int8 = output_lines(translate(gru_run, "--beam", "2", "--quantize", "int8", stdin=sentences))
@@ -115,6 +116,7 @@ def test_quantize_int8_on_a_gru(gru_run: Path, sentences: bytes) -> None:
     assert output_lines(translate(gru_run, "--beam", "2", stdin=sentences)) == fp32  # auto: a GRU stays fp32
 
 
+@pytest.mark.slow  # about 4 s (make test-slow)
 def test_quantize_on_another_device_is_a_usage_error(run_dir: Path) -> None:
     # no GPU needed: --quantize checks the device before anything is put on it
     result = translate(run_dir, "--quantize", "int8", "--device", "cuda", stdin=b"Open the file\n")
@@ -152,6 +154,7 @@ def test_ct2_greedy_is_the_same_as_torch_on_50_sentences(run_dir: Path, ct2_mode
         assert float(theirs.split("\t")[1]) == pytest.approx(float(ours.split("\t")[1]), rel=1e-3, abs=1e-3)
 
 
+@pytest.mark.slow  # about 15 s for both engines (make test-slow)
 @pytest.mark.parametrize("engine", ["torch", "ctranslate2"])
 def test_parallel_workers_change_nothing_but_speed(
     run_dir: Path, ct2_model: Path, sentences: bytes, engine: str
@@ -165,6 +168,7 @@ def test_parallel_workers_change_nothing_but_speed(
         assert float(b.split("\t")[1]) == pytest.approx(float(a.split("\t")[1]), abs=2e-4)
 
 
+@pytest.mark.slow  # about 5 s (make test-slow)
 def test_ct2_beam_search_nearly_matches_torch(run_dir: Path, ct2_model: Path, sentences: bytes) -> None:
     """Beam 4 without length penalty: the same ranking rule, but CTranslate2 stops a sentence once it has `beam`
     finished hypotheses, where our search goes on while a live beam can still beat them; so where the outputs
@@ -184,6 +188,7 @@ def test_ct2_beam_search_nearly_matches_torch(run_dir: Path, ct2_model: Path, se
     assert ours_better > theirs_better, (ours_better, theirs_better)  # measured: 12 to 13 against 0 to 1
 
 
+@pytest.mark.slow  # about 4 s (make test-slow)
 def test_ct2_nbest_scores_and_odd_lines(run_dir: Path, ct2_model: Path) -> None:
     lines = ["Open the file", "", "\x00", " ".join(["file"] * 400), "Save all documents"]
     stdin = "".join(line + "\n" for line in lines).encode()
@@ -200,6 +205,7 @@ def test_ct2_nbest_scores_and_odd_lines(run_dir: Path, ct2_model: Path) -> None:
     assert len(best) == 5 and best[0] == next(r[1] for r in rows if r[0] == "1")
 
 
+@pytest.mark.slow  # about 4 s (make test-slow)
 def test_ct2_respects_the_per_sentence_length_limit(run_dir: Path, ct2_model: Path, sentences: bytes) -> None:
     """Batches hold sources of several lengths; each output still has at most floor(a * (pieces + 1) + b) pieces."""
     from seqtool.tokenizer import SentencePieceModel
@@ -277,12 +283,14 @@ def test_vocabulary_gets_a_padding_token_when_the_spm_model_has_none(tmp_path: P
 # errors
 
 
+@pytest.mark.slow  # with the GRU run's training: about 7 s (make test-slow)
 def test_export_refuses_an_rnn_run(gru_run: Path, tmp_path: Path) -> None:
     result = seqtool("export", str(gru_run), "--format", "ctranslate2", "-o", str(tmp_path / "ct2"))
     assert_usage_error(result, "rnn", "transformer")
     assert not (tmp_path / "ct2").exists()
 
 
+@pytest.mark.slow  # four exports: about 12 s (make test-slow)
 def test_export_refuses_an_existing_directory_without_overwrite(run_dir: Path, ct2_model: Path, tmp_path: Path) -> None:
     before = (ct2_model / "model.bin").stat().st_mtime_ns
     result = seqtool("export", str(run_dir), "--format", "ctranslate2", "-o", str(ct2_model))
@@ -307,6 +315,7 @@ def test_export_refuses_an_existing_directory_without_overwrite(run_dir: Path, c
     assert len(out) == 2
 
 
+@pytest.mark.slow  # about 6 s (make test-slow)
 def test_missing_ct2_model_directory(run_dir: Path, gru_run: Path, tmp_path: Path) -> None:
     pytest.importorskip("ctranslate2")
     result = translate(run_dir, "--engine", "ctranslate2", "--ct2-model", str(tmp_path / "none"), stdin=b"Open\n")
@@ -318,6 +327,7 @@ def test_missing_ct2_model_directory(run_dir: Path, gru_run: Path, tmp_path: Pat
     assert_usage_error(translate(gru_run, "--engine", "ctranslate2", stdin=b"Open\n"), "rnn", "--engine torch")
 
 
+@pytest.mark.slow  # four runs: about 8 s (make test-slow)
 def test_ct2_engine_options_that_do_not_apply(run_dir: Path, ct2_model: Path) -> None:
     for args, word in [
         (("--quantize", "int8"), "--quantize"),
@@ -328,6 +338,7 @@ def test_ct2_engine_options_that_do_not_apply(run_dir: Path, ct2_model: Path) ->
     assert_usage_error(translate(run_dir, "--ct2-model", str(ct2_model), stdin=b"Open\n"), "--engine ctranslate2")
 
 
+@pytest.mark.slow  # about 4 s (make test-slow)
 def test_missing_ctranslate2_names_the_extra(run_dir: Path, tmp_path: Path) -> None:
     hide = "import sys; sys.modules['ctranslate2'] = None  # import ctranslate2 -> ImportError"
     for args in (

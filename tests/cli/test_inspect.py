@@ -89,6 +89,7 @@ def test_info_on_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     assert_user_error(seqtool("info", str(tmp_path)), "not a seqtool run directory")
 
 
+@pytest.mark.slow  # a figure: about 3 s (make test-slow)
 def test_plot_curves_of_two_runs(runs: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = tmp_path / "curves.png"
@@ -113,6 +114,7 @@ def test_plot_without_matplotlib_names_the_extra(
     assert not (tmp_path / "c.png").exists()
 
 
+@pytest.mark.slow  # a figure: about 3 s each (make test-slow)
 @pytest.mark.parametrize("name", ["transformer", "gru"])
 def test_attention_heatmap(runs: dict[str, Path], tmp_path: Path, name: str) -> None:
     pytest.importorskip("matplotlib")

@@ -81,6 +81,9 @@ def straight_run(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPath
     return cfg, root / "straight"
 
 
+# about 30 s (make test-slow): the random-moment test below kills with SIGKILL 4 times in the default run, and
+# tests/cli/test_training_options.py stops a run with SIGTERM
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigint", "sigkill"])
 def test_stopped_and_resumed_run_matches_the_straight_run(
     how: str, straight_run: tuple[Path, Path], tmp_path: Path

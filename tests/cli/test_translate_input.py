@@ -222,6 +222,7 @@ def test_nbest_and_scores(run_dir: Path) -> None:
     assert len(output_lines(widened)) == 2 and b"using --beam 2" in widened.stderr
 
 
+@pytest.mark.slow  # about 6 s (make test-slow)
 def test_stream_answers_each_line_before_the_next_arrives(run_dir: Path) -> None:
     batch = output_lines(translate(run_dir, stdin=b"Open the file\nSave all documents\n"))
     proc = subprocess.Popen(

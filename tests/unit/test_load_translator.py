@@ -19,7 +19,7 @@ from seqtool.decode.quantize import Int8Linear
 from seqtool.decode.search import SearchConfig
 from seqtool.decode.translate import Translator
 from seqtool.errors import ConfigError, SeqtoolError
-from seqtool.rundir import RunDir, read_run_config
+from seqtool.rundir import RunDir, load_for_inference, read_run_config
 from tests.cli.helpers import write_config
 
 LINES = ["Open the file", "", "Save all documents", "Close the window"]
@@ -68,8 +68,12 @@ def test_torch_fp32(run_dir: Path) -> None:
     assert translator.config.decode.max_len_b == 5  # (the test config's, not the schema's default 10)
     results = translator.translate(LINES, search(translator, beam=2, nbest=2))
     assert len(results) == len(LINES) and [t.text for t in results[1]] == [""]
-    for nbest in (results[0], results[2], results[3]):
-        assert 1 <= len(nbest) <= 2 and all(t.log_prob <= 0 for t in nbest)
+    model, tokenizer, cfg, _ = load_for_inference(run_dir, "best", torch.device("cpu"))  # the same, by hand
+    by_hand = Translator(model, tokenizer, torch.device("cpu"), config=cfg).translate(
+        LINES, search(translator, beam=2, nbest=2)
+    )
+    assert [[(t.text, t.log_prob) for t in n] for n in results] == [[(t.text, t.log_prob) for t in n] for n in by_hand]
+    assert all(len(results[i]) == 2 for i in (0, 2, 3))
 
 
 def test_torch_int8_is_auto_for_a_transformer_on_the_cpu(run_dir: Path) -> None:

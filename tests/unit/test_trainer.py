@@ -100,5 +100,15 @@ def test_tensorboard_scalars_or_a_clear_message(tiny_corpus: dict[str, Path], sp
         assert "tensorboard package is missing" in log and "seqtool[tensorboard]" in log
         assert not (tmp_path / "run" / "tensorboard").exists()
     else:
-        events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
-        assert events and events[0].stat().st_size > 100
+        import json
+
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+        events.Reload()
+        records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+        for kind, key in (("train", "loss"), ("train", "lr"), ("eval", "dev_loss"), ("eval", "dev_bleu")):
+            logged = [(r["step"], r[key]) for r in records if r["type"] == kind]  # the same scalars as metrics.jsonl
+            scalars = [(e.step, e.value) for e in events.Scalars(f"{kind}/{key}")]
+            assert [s for s, _ in scalars] == [s for s, _ in logged] and logged, (kind, key)
+            assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6), (kind, key)
