@@ -68,11 +68,19 @@ def _replace_linear_layers(module: nn.Module) -> None:
 
 
 def resolve_quantize(choice: str, device: torch.device, precision: str, model_kind: str) -> str:
-    """`translate --quantize` as applied: "auto" is int8 for a Transformer decoded on the CPU in fp32 (measured faster
-    there, at no BLEU cost: README, Performance), else "none"; a GRU/LSTM keeps fp32 unless asked (not measured)."""
+    """`translate --quantize` as applied: "auto" is int8 for a Transformer decoded in fp32 on a CPU with AVX-512
+    (measured faster there, at no BLEU cost: README, Performance), else "none" (`int8_pays`); a GRU/LSTM keeps fp32
+    unless asked (not measured)."""
     if choice != "auto":
         return choice
-    return "int8" if device.type == "cpu" and precision == "fp32" and model_kind == "transformer" else "none"
+    fits = device.type == "cpu" and precision == "fp32" and model_kind == "transformer"
+    return "int8" if fits and int8_pays() else "none"
+
+
+def int8_pays() -> bool:
+    """Whether this CPU has the AVX-512 kernels int8 products need to beat fp32: on an AVX2-only CPU (an AMD EPYC
+    here, 2026-12-03) `torch._int_mm` made beam search 5.4x slower than fp32 (28.6 s against 5.3 s, 40 sentences)."""
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def quantize_model(model: Seq2SeqModel, scheme: str, device: torch.device) -> Seq2SeqModel:

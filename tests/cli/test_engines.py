@@ -95,7 +95,9 @@ def test_quantize_int8_keeps_lines_and_agrees_with_fp32(run_dir: Path, sentences
     assert len(int8) == len(fp32) == 52 and int8[-2:] == ["", ""]
     agree = sum(a == b for a, b in zip(fp32, int8, strict=True)) / len(fp32)
     assert agree >= 0.9, agree  # measured: 52 of 52 on this 40-step model
-    assert output_lines(translate(run_dir, "--beam", "1", stdin=stdin)) == int8  # auto: int8 for a Transformer
+    from seqtool.decode.quantize import int8_pays  # auto: int8 for a Transformer on an AVX-512 CPU, else fp32
+
+    assert output_lines(translate(run_dir, "--beam", "1", stdin=stdin)) == (int8 if int8_pays() else fp32)
     bf16 = translate(run_dir, "--beam", "1", "--precision", "bf16", stdin=stdin)
     from seqtool.runtime import bf16_supported
 

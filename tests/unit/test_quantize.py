@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from seqtool.decode import quantize
 from seqtool.decode.quantize import Int8Linear, quantize_model, quantize_rows, resolve_quantize
 from seqtool.errors import SeqtoolError
 from seqtool.models.rnn import RNNSeq2Seq
@@ -130,5 +131,15 @@ def test_quantize_model_on_an_rnn_keeps_its_recurrent_layers_fp32() -> None:
         ("int8", "cpu", "fp32", "rnn", "int8"),
     ],
 )
-def test_resolve_quantize(choice: str, device: str, precision: str, kind: str, expected: str) -> None:
+def test_resolve_quantize(
+    choice: str, device: str, precision: str, kind: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(quantize, "int8_pays", lambda: True)  # an AVX-512 CPU
     assert resolve_quantize(choice, torch.device(device), precision, kind) == expected
+
+
+def test_auto_keeps_fp32_where_int8_is_slower(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quantize, "int8_pays", lambda: False)  # an AVX2-only CPU: int8 measured 5.4x slower there
+    assert resolve_quantize("auto", torch.device("cpu"), "fp32", "transformer") == "none"
+    assert resolve_quantize("int8", torch.device("cpu"), "fp32", "transformer") == "int8"  # asked for: as asked
+    assert quantize.int8_pays() == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
