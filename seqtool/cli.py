@@ -372,7 +372,7 @@ def translate(
         Quantize,
         typer.Option(
             help="int8: int8 Linear layers, inputs quantized per token (torch engine, CPU only); none: fp32 weights; "
-            "auto: int8 for a Transformer on the CPU without --precision bf16, else none."
+            "auto: int8 for a Transformer on an AVX-512 CPU without --precision bf16, else none."
         ),
     ] = Quantize(_DECODE.quantize),
     nbest: Annotated[
@@ -471,7 +471,7 @@ def serve(
         Path | None, typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2).")
     ] = _DECODE.ct2_model,
     quantize: Annotated[
-        Quantize, typer.Option(help="As translate's --quantize (auto: int8 for a Transformer on the CPU).")
+        Quantize, typer.Option(help="As translate's --quantize (auto: int8 for a Transformer on an AVX-512 CPU).")
     ] = Quantize(_DECODE.quantize),
     precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision(_DECODE.precision),
     checkpoint: Annotated[

@@ -1,6 +1,7 @@
-"""Dynamic batching: concurrent requests for one model merged into token-budget batches by one decoding thread.
+"""Dynamic batching: concurrent requests for one model merged into token-budget batches by its decoding threads.
 
-Each request is split into chunks of a few lines; the decoding thread takes chunks round-robin over the waiting
+Each request is split into chunks of a few lines; a decoding thread (one per worker of a beam search, each with its
+own round, so that a long sentence holds up only its own round) takes chunks round-robin over the waiting
 requests with the same search options (a long request cannot starve the short ones behind it) until the token
 budget of one round is reached, translates them in one `translate` call (which sorts them by length and searches
 them as token-budget batches, on the translator's workers), and hands each request its lines back in order. When
@@ -67,10 +68,17 @@ class Batcher:
         self._waiting: dict[tuple[Any, ...], deque[_Request]] = {}
         self._cond = threading.Condition()
         self._closing = False
+        self._active = 0  # rounds being translated now
         self.rounds = 0  # translate calls made (for tests and metrics)
         self.sentences = 0
-        self._thread = threading.Thread(target=self._run, name="seqtool-batcher", daemon=True)
-        self._thread.start()
+        # one decoding thread per worker of a beam search: each translates its own round, so that a round's longest
+        # sentence holds up only its own thread while the others take the requests that arrive meanwhile
+        most = max(1, translator.parallelism(SearchConfig(beam=2))[0])
+        self._threads = [
+            threading.Thread(target=self._run, name=f"seqtool-batcher-{i}", daemon=True) for i in range(most)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def translate(self, lines: Sequence[str], search: SearchConfig) -> list[list[Translation]]:
         """The n-best lists of `lines`, in order, decoded together with whatever else is waiting."""
@@ -93,38 +101,57 @@ class Batcher:
             if self._closing:
                 raise RuntimeError("the server is shutting down")
             self._waiting.setdefault(_search_key(search), deque()).append(request)
-            self._cond.notify()
+            self._cond.notify_all()
         return await request.future
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish what is waiting, then stop the thread."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
-        self._thread.join(timeout)
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
 
     def _round_tokens(self, search: SearchConfig) -> int:
-        workers, _ = self.translator.parallelism(search)
-        return self.max_batch_tokens * max(1, workers)
+        return self.max_batch_tokens
+
+    def _may_start(self, search: SearchConfig) -> bool:
+        """Whether another round may run now: at most as many at once as the search has workers (greedy: one)."""
+        return self._active < max(1, self.translator.parallelism(search)[0])
 
     # -- the decoding thread ------------------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._any_waiting():
+                while not self._closing and not (self._any_waiting() and self._may_start(self._oldest()[1].search)):
                     self._cond.wait()
                 if self._closing and not self._any_waiting():
                     return
+                if not self._may_start(self._oldest()[1].search):
+                    self._cond.wait(0.05)  # closing, with rounds still running: wait for a free worker
+                    continue
                 key, oldest = self._oldest()
-                # idle model: give other requests until max_wait after the oldest arrived to join the round
-                while not self._closing and self._queued_tokens(key) < self._round_tokens(oldest.search):
+                # an idle model gives other requests until max_wait after the oldest arrived to join the round
+                while self._active == 0 and not self._closing and self._queued_tokens(key) < self.max_batch_tokens:
                     left = oldest.arrived + self.max_wait - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                taken = self._take(key, self._round_tokens(oldest.search))
-            if taken:
-                self._translate_round(taken)
+                if not self._any_waiting():
+                    continue  # another thread took them meanwhile
+                key, oldest = self._oldest()
+                # what waits is shared out among the free workers, so that none idles while another holds it all
+                free = max(1, self.translator.parallelism(oldest.search)[0] - self._active)
+                share = -(-self._queued_tokens(key) // free)
+                taken = self._take(key, min(self._round_tokens(oldest.search), share))
+                self._active += 1
+            try:
+                if taken:
+                    self._translate_round(taken)
+            finally:
+                with self._cond:
+                    self._active -= 1
+                    self._cond.notify_all()
 
     def _any_waiting(self) -> bool:
         for key in list(self._waiting):
@@ -173,8 +200,9 @@ class Batcher:
             for request in {request for request, _, _ in taken}:
                 request.loop.call_soon_threadsafe(_fail, request.future, exc)
             return
-        self.rounds += 1
-        self.sentences += len(lines)
+        with self._cond:
+            self.rounds += 1
+            self.sentences += len(lines)
         at = 0
         for request, first, chunk in taken:
             request.results[first : first + len(chunk)] = results[at : at + len(chunk)]

@@ -8,6 +8,7 @@ import dataclasses
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator
 
 from seqtool.errors import CheckpointError, ConfigError
@@ -92,6 +93,9 @@ def serve(
 def _stop_signals_end_cleanly() -> Iterator[None]:
     """uvicorn handles SIGTERM/SIGINT itself (stop accepting, drain, shut down), then raises the signal again with the
     handlers it found in place: with these no-op handlers, that ends the process with exit code 0, not by the signal."""
+    if threading.current_thread() is not threading.main_thread():  # uvicorn installs no handlers there either
+        yield
+        return
     previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
