@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from seqtool.config import Config
     from seqtool.decode.ct2_engine import CTranslate2Translator
     from seqtool.decode.search import SearchConfig
-    from seqtool.decode.translate import Translation, Translator
+    from seqtool.decode.translate import Translation, TranslationStream, Translator
     from seqtool.tokenizer import Tokenizer
 
 __all__ = [
@@ -80,6 +80,11 @@ class TranslatorLike(Protocol):
 
     def parallelism(self, cfg: SearchConfig) -> tuple[int, int]:
         """(workers, threads per worker) that `translate` uses for a search with `cfg`."""
+        ...
+
+    def stream(self, cfg: SearchConfig, max_input_len: int | None = None) -> TranslationStream | None:
+        """A search with `cfg` that lines may join while it runs (continuous batching), or None where the engine or
+        the search has none (then a server decodes in rounds of `translate`)."""
         ...
 
 

@@ -141,6 +141,10 @@ class CTranslate2Translator:
         """(workers, threads per worker): CTranslate2's replicas and their threads, the same for every search."""
         return self.workers, self.threads_per_worker
 
+    def stream(self, cfg: SearchConfig, max_input_len: int | None = None) -> None:
+        """None: CTranslate2 searches whole batches (a server decodes in rounds of `translate`)."""
+        return None
+
     def _submit(self, sources: list[list[int]], cfg: SearchConfig) -> tuple[list[list[str]], list[int], list[Any]]:
         """Start the search of one batch of source ids (without </s>): its pieces, length limits and async results."""
         # our limit: floor(a * src_len + b) target tokens before </s>, src_len counting the </s> of the source

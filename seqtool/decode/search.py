@@ -2,7 +2,9 @@
 
 Both searches decode a padded source batch (batch, src_len) and return, in input order, a list of
 hypotheses per sentence (best first). Finished sentences leave the batch: their rows are dropped from
-the decoder state with `model.reorder_state`, so later steps only compute on live sentences.
+the decoder state with `model.reorder_state`, so later steps only compute on live sentences. Beam search
+is the `BeamSearch` class, which new sentences may also join while it runs (`model.merge_states`; each
+sentence counts its own steps): a server keeps its batch full that way (continuous batching).
 
 Maximum length: a hypothesis has at most floor(a * src_len + b) target tokens (</s> not counted), with
 src_len the number of non-pad source tokens. A hypothesis that reaches it is forced to end: </s> is
@@ -34,7 +36,7 @@ when no live beam is left.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -48,6 +50,7 @@ from seqtool.models.base import DecoderState, Seq2SeqModel
 __all__ = [
     "LENGTH_PENALTIES",
     "STOP_RULES",
+    "BeamSearch",
     "Hypothesis",
     "SearchConfig",
     "beam_search",
@@ -180,9 +183,8 @@ def greedy_search(model: Seq2SeqModel, src: Tensor, max_len_a: float, max_len_b:
         t += 1
 
 
-@torch.inference_mode()
-def beam_search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[list[Hypothesis]]:
-    """Batched beam search over batch x beam rows: `cfg.nbest` hypotheses per sentence, best first, in input order."""
+def check_beam_config(cfg: SearchConfig) -> None:
+    """A ConfigError for a beam search that cannot run: beam < 1, nbest outside 1..beam, unknown penalty or rule."""
     k = cfg.beam
     check(k >= 1, f"beam must be >= 1, got {k}", kind=ConfigError)
     check(1 <= cfg.nbest <= k, f"nbest must be between 1 and beam ({k}), got {cfg.nbest}", kind=ConfigError)
@@ -198,42 +200,86 @@ def beam_search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[lis
         hint=f"choose one of {', '.join(STOP_RULES)}",
         kind=ConfigError,
     )
-    sp = model.specials
-    batch, device = src.size(0), src.device
-    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    if batch == 0:
-        return results
-    neg_inf, lowest = -math.inf, torch.finfo(torch.float32).min
 
-    max_len = max_lengths(src, sp.pad, cfg.max_len_a, cfg.max_len_b)
-    width = int(max_len.max())
-    # lp_table[L] = penalty of a hypothesis of L tokens including </s>
-    lp_fn = LENGTH_PENALTIES[cfg.length_penalty_kind]
-    lp_table = lp_fn(torch.arange(width + 3, device=device, dtype=torch.float32), cfg.length_penalty)
-    # the largest penalty a live hypothesis may still reach: at its maximum length (exact) or when it ends now
-    lp_at_max = lp_table[max_len + 1] if cfg.stop == "exact" else torch.zeros_like(max_len, dtype=torch.float32)
 
-    state = model.init_state(model.encode(src))
-    state = model.expand_state(state, torch.arange(batch, device=device), k)
-    banned = _banned(model, device)
-    beams = torch.arange(k, device=device)
-    sent = torch.arange(batch, device=device)  # input position of each live sentence
+class BeamSearch:
+    """A batched beam search over sentences × beam rows that new sentences may join while it runs.
 
-    # live beams: (n, k) summed log-probs; at the start only beam 0 is live, so beams do not duplicate
-    log_prob = torch.full((batch, k), neg_inf, device=device)
-    log_prob[:, 0] = 0.0
-    tokens = src.new_full((batch, k, width), sp.pad)
-    prev = src.new_full((batch * k,), sp.bos)
-    # finished hypotheses, sorted best first; key = score, -inf for an empty slot (lowest for a legal
-    # hypothesis of probability 0, only possible when the model forbids </s> and the max length forces it)
-    fin_key = torch.full((batch, k), neg_inf, device=device)
-    fin_log_prob = torch.full((batch, k), neg_inf, device=device)
-    fin_tokens = src.new_full((batch, k, width), sp.pad)
+    `admit` encodes sources and adds them to the live batch (each sentence counts its own steps, so sentences that
+    joined at different times search side by side: continuous batching, as a server wants); `step` extends every
+    live sentence by one token and returns the sentences that are done, with their `cfg.nbest` hypotheses (best
+    first). `beam_search` is this class with one admission. Call under `torch.inference_mode()` (and the autocast
+    of the run), from one thread.
+    """
 
-    t = 0  # tokens in every live hypothesis
-    while True:
-        n = log_prob.size(0)
-        lprobs, state = _next_log_probs(model, prev, state, banned)
+    def __init__(self, model: Seq2SeqModel, cfg: SearchConfig, device: torch.device) -> None:
+        check_beam_config(cfg)
+        self.model, self.cfg, self.device = model, cfg, device
+        self.k = cfg.beam
+        self.keys: list[Any] = []  # the caller's key of each live sentence, in row order
+        self._banned = _banned(model, device)
+        self._beams = torch.arange(self.k, device=device)
+        self._lp_table = torch.empty(0, device=device)
+        self._state: DecoderState | None = None
+        self._live: dict[str, Tensor] = {}
+
+    @property
+    def live(self) -> int:
+        """Sentences being searched."""
+        return len(self.keys)
+
+    def rows(self) -> int:
+        """Decoder rows (live sentences × beam)."""
+        return self.live * self.k
+
+    def admit(self, src: Tensor, keys: Sequence[Any]) -> None:
+        """Add the sentences of a padded source batch (batch, src_len), each with its key, to the search."""
+        batch, k, sp = src.size(0), self.k, self.model.specials
+        if batch == 0:
+            return
+        neg_inf = -math.inf
+        max_len = max_lengths(src, sp.pad, self.cfg.max_len_a, self.cfg.max_len_b)
+        width = int(max_len.max())
+        state = self.model.init_state(self.model.encode(src))
+        state = self.model.expand_state(state, torch.arange(batch, device=self.device), k)
+        # live beams: (n, k) summed log-probs; at the start only beam 0 is live, so beams do not duplicate
+        log_prob = torch.full((batch, k), neg_inf, device=self.device)
+        log_prob[:, 0] = 0.0
+        # finished hypotheses, sorted best first; key = score, -inf for an empty slot (lowest for a legal
+        # hypothesis of probability 0, only possible when the model forbids </s> and the max length forces it)
+        new = {
+            "log_prob": log_prob,
+            "tokens": src.new_full((batch, k, width), sp.pad),
+            "fin_key": torch.full((batch, k), neg_inf, device=self.device),
+            "fin_log_prob": torch.full((batch, k), neg_inf, device=self.device),
+            "fin_tokens": src.new_full((batch, k, width), sp.pad),
+            "max_len": max_len,
+            "steps": torch.zeros(batch, dtype=torch.long, device=self.device),  # tokens in each live hypothesis
+            "prev": src.new_full((batch * k,), sp.bos),
+        }
+        if self._state is None:
+            self._state, self._live = state, new
+        else:
+            self._state = self.model.merge_states(self._state, state)
+            self._live = {key: _cat_padded(self._live[key], new[key], sp.pad) for key in new}
+        self.keys.extend(keys)
+        widest = self._live["tokens"].size(2)
+        if self._lp_table.numel() < widest + 3:  # lp_table[L] = penalty of a hypothesis of L tokens including </s>
+            lengths = torch.arange(widest + 3, device=self.device, dtype=torch.float32)
+            self._lp_table = LENGTH_PENALTIES[self.cfg.length_penalty_kind](lengths, self.cfg.length_penalty)
+
+    def step(self) -> list[tuple[Any, list[Hypothesis]]]:
+        """One token more for every live sentence; the (key, hypotheses) of the sentences that are now done."""
+        if self._state is None:
+            return []
+        k, sp, cfg, live = self.k, self.model.specials, self.cfg, self._live
+        neg_inf, lowest = -math.inf, torch.finfo(torch.float32).min
+        log_prob, tokens, steps, max_len = live["log_prob"], live["tokens"], live["steps"], live["max_len"]
+        n, width, lp_table = log_prob.size(0), tokens.size(2), self._lp_table
+        # the largest penalty a live hypothesis may still reach: at its maximum length (exact) or when it ends now
+        lp_at_max = lp_table[max_len + 1] if cfg.stop == "exact" else torch.zeros_like(log_prob[:, 0])
+
+        lprobs, state = _next_log_probs(self.model, live["prev"], self._state, self._banned)
         vocab = lprobs.size(-1)
         cand = log_prob.unsqueeze(-1) + lprobs.view(n, k, vocab)  # (n, k, vocab)
         # 2k candidates: at most k of them end with </s> (one per beam), so k others remain to continue
@@ -241,66 +287,93 @@ def beam_search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[lis
         top_beam, top_tok = top_idx // vocab, top_idx % vocab
 
         # new finished hypotheses: </s> among the k best candidates, or every live beam at the max length
-        forced = (max_len == t).unsqueeze(1)  # (n, 1)
+        forced = (max_len == steps).unsqueeze(1)  # (n, 1)
         eos_val = torch.where(forced, cand[:, :, sp.eos], top_val[:, :k])
-        eos_beam = torch.where(forced, beams, top_beam[:, :k])
+        eos_beam = torch.where(forced, self._beams, top_beam[:, :k])
         eos_ok = torch.where(forced, log_prob > neg_inf, (top_tok[:, :k] == sp.eos) & (top_val[:, :k] > neg_inf))
-        eos_key = (eos_val / lp_table[t + 1]).nan_to_num_(neginf=lowest).masked_fill_(~eos_ok, neg_inf)
+        eos_key = (eos_val / lp_table[steps + 1].unsqueeze(1)).nan_to_num_(neginf=lowest)
+        eos_key = eos_key.masked_fill_(~eos_ok, neg_inf)
         eos_tokens = tokens.gather(1, eos_beam.unsqueeze(-1).expand(-1, -1, width))
-        fin_key, pick = torch.cat([fin_key, eos_key], 1).topk(k, dim=1)
-        fin_log_prob = torch.cat([fin_log_prob, eos_val], 1).gather(1, pick)
-        fin_tokens = torch.cat([fin_tokens, eos_tokens], 1).gather(1, pick.unsqueeze(-1).expand(-1, -1, width))
+        fin_key, pick = torch.cat([live["fin_key"], eos_key], 1).topk(k, dim=1)
+        fin_log_prob = torch.cat([live["fin_log_prob"], eos_val], 1).gather(1, pick)
+        fin_tokens = torch.cat([live["fin_tokens"], eos_tokens], 1).gather(1, pick.unsqueeze(-1).expand(-1, -1, width))
 
         # live beams for the next step: the k best candidates not ending with </s>
         log_prob, pick = top_val.masked_fill(top_tok == sp.eos, neg_inf).topk(k, dim=1)
         beam, tok = top_beam.gather(1, pick), top_tok.gather(1, pick)
 
-        bound = log_prob[:, 0] / torch.maximum(lp_table[t + 2], lp_at_max)
+        bound = log_prob[:, 0] / torch.maximum(lp_table[steps + 2], lp_at_max)
         done = forced.squeeze(1) | (log_prob[:, 0] == neg_inf) | (bound <= fin_key[:, k - 1])
         n_done = int(done.sum())  # the one host sync per step
+        finished: list[tuple[Any, list[Hypothesis]]] = []
         if n_done:
-            _collect(
-                results, sent[done], fin_key[done], fin_log_prob[done], fin_tokens[done], lp_table, sp.pad, cfg.nbest
-            )
+            done_rows = done.nonzero().squeeze(1).tolist()
+            found = _collect(fin_key[done], fin_log_prob[done], fin_tokens[done], lp_table, sp.pad, cfg.nbest)
+            finished = [(self.keys[i], hyps) for i, hyps in zip(done_rows, found, strict=True)]
             if n_done == n:
-                return results
+                self._state, self._live, self.keys = None, {}, []
+                return finished
             keep = ~done
-            sent, max_len, lp_at_max = sent[keep], max_len[keep], lp_at_max[keep]
+            gone = set(done_rows)
+            self.keys = [key for i, key in enumerate(self.keys) if i not in gone]
+            steps, max_len = steps[keep], max_len[keep]
             fin_key, fin_log_prob, fin_tokens = fin_key[keep], fin_log_prob[keep], fin_tokens[keep]
             log_prob, beam, tok, tokens = log_prob[keep], beam[keep], tok[keep], tokens[keep]
             rows = (keep.nonzero() * k + beam).view(-1)
         else:
-            rows = (torch.arange(n, device=device).unsqueeze(1) * k + beam).view(-1)
-        state = model.reorder_state(state, rows)
+            rows = (torch.arange(n, device=self.device).unsqueeze(1) * k + beam).view(-1)
+        self._state = self.model.reorder_state(state, rows)
         tokens = tokens.gather(1, beam.unsqueeze(-1).expand(-1, -1, width))
-        tokens[:, :, t] = tok
-        prev = tok.view(-1)
-        t += 1
+        tokens.scatter_(2, steps.view(-1, 1, 1).expand(-1, k, 1), tok.unsqueeze(-1))
+        self._live = {
+            "log_prob": log_prob,
+            "tokens": tokens,
+            "fin_key": fin_key,
+            "fin_log_prob": fin_log_prob,
+            "fin_tokens": fin_tokens,
+            "max_len": max_len,
+            "steps": steps + 1,
+            "prev": tok.view(-1),
+        }
+        return finished
+
+
+def _cat_padded(first: Tensor, second: Tensor, pad: int) -> Tensor:
+    """Row-wise concatenation; token buffers (rows, k, width) of different widths are padded with `pad` first."""
+    if first.dim() == 3 and first.size(2) != second.size(2):
+        width = max(first.size(2), second.size(2))
+        first, second = (torch.cat([t, t.new_full((*t.shape[:2], width - t.size(2)), pad)], 2) for t in (first, second))
+    return torch.cat([first, second])
+
+
+@torch.inference_mode()
+def beam_search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[list[Hypothesis]]:
+    """Batched beam search over batch x beam rows: `cfg.nbest` hypotheses per sentence, best first, in input order."""
+    searcher = BeamSearch(model, cfg, src.device)
+    results: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    searcher.admit(src, range(src.size(0)))
+    while searcher.live:
+        for i, hyps in searcher.step():
+            results[i] = hyps
+    return results
 
 
 def _collect(
-    results: list[list[Hypothesis]],
-    sent: Tensor,
-    key: Tensor,
-    log_prob: Tensor,
-    tokens: Tensor,
-    lp_table: Tensor,
-    pad: int,
-    nbest: int,
-) -> None:
-    """Turn the finished buffers of the sentences that are done into Hypothesis lists (best first)."""
+    key: Tensor, log_prob: Tensor, tokens: Tensor, lp_table: Tensor, pad: int, nbest: int
+) -> list[list[Hypothesis]]:
+    """The finished buffers of the sentences that are done, as Hypothesis lists (best first)."""
     key, log_prob, tokens = key[:, :nbest], log_prob[:, :nbest], tokens[:, :nbest]
     lengths = (tokens != pad).sum(-1)  # pad is never emitted, so it only fills the tail
     score = log_prob / lp_table[lengths + 1]
-    rows = zip(
-        sent.tolist(), key.tolist(), score.tolist(), log_prob.tolist(), tokens.tolist(), lengths.tolist(), strict=True
-    )
-    for i, keys, scores, log_probs, toks, lens in rows:
-        results[i] = [
+    rows = zip(key.tolist(), score.tolist(), log_prob.tolist(), tokens.tolist(), lengths.tolist(), strict=True)
+    return [
+        [
             Hypothesis(tokens=toks[j][: lens[j]], score=scores[j], log_prob=log_probs[j])
             for j in range(nbest)
             if keys[j] > -math.inf
         ]
+        for keys, scores, log_probs, toks, lens in rows
+    ]
 
 
 def search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[list[Hypothesis]]:

@@ -7,8 +7,9 @@ sees them; a line longer than the input limit is truncated (and marked so), neve
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import torch
 
 from seqtool.config import Config, DecodeConfig
 from seqtool.data.batching import pad_sequences
-from seqtool.decode.search import Hypothesis, SearchConfig, search
+from seqtool.decode.search import BeamSearch, Hypothesis, SearchConfig, search
 from seqtool.errors import ConfigError, check
 from seqtool.models.base import Seq2SeqModel
 from seqtool.runtime import autocast, decode_parallelism, set_threads
@@ -223,6 +224,63 @@ class Translator:
         budget = self.config.decode.batch_tokens if batch_tokens is None else batch_tokens
         hyps = translate_ids(self.model, src_ids, cfg, budget, self.device, self.precision, workers)
         return decode_hypotheses(self.tokenizer, hyps, truncated)
+
+    def stream(self, cfg: SearchConfig, max_input_len: int | None = None) -> TranslationStream | None:
+        """A beam search that lines may join while it runs (see `TranslationStream`); None for greedy search."""
+        if cfg.beam == 1 and cfg.nbest == 1:
+            return None
+        return TranslationStream(self, cfg, max_input_len)
+
+
+class TranslationStream:
+    """Lines joining a running beam search (continuous batching): `admit` lines, `step` until none is live.
+
+    Each call runs in the calling thread with the translator's precision and threads per worker; a server runs one
+    stream per decoding thread. A line gets exactly what `Translator.translate` gives it, up to float rounding.
+    """
+
+    def __init__(self, translator: Translator, cfg: SearchConfig, max_input_len: int | None) -> None:
+        self.translator = translator
+        self.cfg = cfg
+        self.max_input_len = max_input_len
+        self.searcher = BeamSearch(translator.model, cfg, translator.device)
+        self._truncated: dict[Hashable, bool] = {}
+        self._threads = translator.parallelism(cfg)[1]
+
+    @property
+    def live(self) -> int:
+        """Lines being searched."""
+        return self.searcher.live
+
+    def admit(self, lines: Sequence[str], keys: Sequence[Hashable]) -> list[tuple[Hashable, list[Translation]]]:
+        """Start searching `lines` (each with its key); empty lines are done at once and returned here."""
+        src_ids, truncated = encode_sources(self.translator.tokenizer, lines, self.max_input_len)
+        empty = [(key, [Translation("", 0.0, 0.0)]) for key, ids in zip(keys, src_ids, strict=True) if not ids]
+        rows = [i for i, ids in enumerate(src_ids) if ids]
+        if rows:
+            sp = self.translator.model.specials
+            src = pad_sequences([src_ids[i] for i in rows], sp.pad, suffix=sp.eos).to(self.translator.device)
+            with self._running():
+                self.searcher.admit(src, [keys[i] for i in rows])
+            self._truncated.update((keys[i], truncated[i]) for i in rows)
+        return empty
+
+    def step(self) -> list[tuple[Hashable, list[Translation]]]:
+        """One token more for every live line; the (key, n-best list) of the lines that are now done."""
+        with self._running():
+            done = self.searcher.step()
+        if not done:
+            return []
+        cut = [self._truncated.pop(key) for key, _ in done]
+        found = decode_hypotheses(self.translator.tokenizer, [hyps for _, hyps in done], cut)
+        return [(key, nbest) for (key, _), nbest in zip(done, found, strict=True)]
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        if torch.get_num_threads() != self._threads:
+            set_threads(self._threads)
+        with torch.inference_mode(), autocast(self.translator.device, self.translator.precision):
+            yield
 
 
 def truncation_warning(results: Sequence[Sequence[Translation]], limit: int) -> str | None:

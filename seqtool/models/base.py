@@ -31,6 +31,33 @@ class EncoderOutput:
 DecoderState = dict[str, Any]
 
 
+def concat_rows(first: Any, second: Any) -> Any:
+    """Concatenate two nested dict/list/tuple structures of batch-first tensors along dim 0.
+
+    Tensors that differ beyond dim 0 (e.g. sources of different lengths) are padded at the end with zeros (False
+    for masks); other values must be equal.
+    """
+    if isinstance(first, Tensor):
+        shape = [max(a, b) for a, b in zip(first.shape[1:], second.shape[1:], strict=True)]
+        return torch.cat([_pad_to(first, shape), _pad_to(second, shape)])
+    if isinstance(first, dict):
+        return {k: concat_rows(v, second[k]) for k, v in first.items()}
+    if isinstance(first, (list, tuple)):
+        return type(first)(concat_rows(a, b) for a, b in zip(first, second, strict=True))
+    if first != second:
+        raise ValueError(f"concat_rows: cannot merge {first!r} and {second!r}")
+    return first
+
+
+def _pad_to(t: Tensor, shape: list[int]) -> Tensor:
+    """`t` (rows, ...) zero-padded at the end of each dim after the first to `shape`."""
+    if list(t.shape[1:]) == shape:
+        return t
+    out = t.new_zeros([t.size(0), *shape])
+    out[tuple(slice(0, n) for n in t.shape)] = t
+    return out
+
+
 def select_rows(value: Any, index: Tensor, dim: int = 0) -> Any:
     """Select `index` along `dim` of every tensor in a nested dict/list/tuple structure."""
     if isinstance(value, Tensor):
@@ -83,6 +110,16 @@ class Seq2SeqModel(nn.Module, ABC):
         sentence and drops finished sentences). Models may then keep per-sentence tensors once per sentence.
         """
         return select_rows(state, index)
+
+    def merge_states(self, first: DecoderState, second: DecoderState) -> DecoderState:
+        """One state holding the rows of `first`, then those of `second`: sentences joining a running search.
+
+        Both states come from `init_state` (then `expand_state` with the same beam, and any number of `step`s and
+        `reorder_state`s each); the rows may be at different steps and their sources of different lengths. Stepping
+        the merged state gives each row what stepping its own state would have given (up to float rounding).
+        The default concatenates every tensor row-wise, padding sources (memory, masks) to the longer one.
+        """
+        return concat_rows(first, second)
 
     def expand_state(self, state: DecoderState, rows: Tensor, beam: int) -> DecoderState:
         """Beam search's start: rows i*beam .. i*beam+beam-1 of the result are copies of row rows[i] of `state`."""

@@ -22,7 +22,13 @@ KVPair = tuple[Tensor, Tensor]
 
 def sinusoidal_positions(length: int, dim: int, start: int = 0) -> Tensor:
     """Sinusoidal position encodings (length, dim) for positions start .. start+length-1 (sin on even, cos on odd)."""
-    position = torch.arange(start, start + length, dtype=torch.float32)[:, None]  # (length, 1)
+    return sinusoidal_at(torch.arange(start, start + length), dim)
+
+
+def sinusoidal_at(positions: Tensor, dim: int) -> Tensor:
+    """Sinusoidal position encodings (len(positions), dim) of the given positions (a 1-d integer tensor)."""
+    length = positions.numel()
+    position = positions.to(torch.float32).cpu()[:, None]  # (length, 1)
     frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))  # (ceil(dim/2),)
     angles = position * frequency  # (length, ceil(dim/2))
     table = torch.zeros(length, dim)
@@ -99,17 +105,30 @@ class DecoderLayer(_ResidualLayer):
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def _self_attention_block(self, x: Tensor, past: KVPair | None) -> tuple[Tensor, KVPair]:
-        """Causal self-attention; with `past` keys/values (incremental decoding) the new ones are appended."""
+    def _self_attention_block(
+        self, x: Tensor, past: KVPair | None, past_mask: Tensor | None = None
+    ) -> tuple[Tensor, KVPair]:
+        """Causal self-attention; with `past` keys/values (incremental decoding) the new ones are appended.
+
+        `past_mask` (batch, past_len + tgt_len) bool, True = a real slot: rows that joined a running search later than
+        others have empty slots in front of their own keys (see `Transformer.merge_states`).
+        """
         h = self._sublayer_input(x, self.norm1)
         q, k, v = self.self_attn.project_qkv(h)  # (batch, heads, tgt_len, head_dim)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         # With a cache the new positions are the last ones, so the (bottom-right aligned) causal mask is still right.
-        return self._sublayer_output(x, self.self_attn.attend_projected(q, k, v, causal=True), self.norm1), (k, v)
+        attended = self.self_attn.attend_projected(q, k, v, past_mask, causal=True)
+        return self._sublayer_output(x, attended, self.norm1), (k, v)
 
     def forward(
-        self, x: Tensor, memory_kv: KVPair, src_mask: Tensor, past: KVPair | None = None, group: int = 1
+        self,
+        x: Tensor,
+        memory_kv: KVPair,
+        src_mask: Tensor,
+        past: KVPair | None = None,
+        group: int = 1,
+        past_mask: Tensor | None = None,
     ) -> tuple[Tensor, KVPair]:
         """x (batch, tgt_len, d_model); memory_kv: cross-attention keys/values from `cross_attn.project_kv(memory)`.
 
@@ -118,7 +137,7 @@ class DecoderLayer(_ResidualLayer):
         encoder keys/values are neither copied per beam nor reordered when beams are.
         Returns the output (batch, tgt_len, d_model) and the self-attention keys/values (past ones included).
         """
-        x, kv = self._self_attention_block(x, past)
+        x, kv = self._self_attention_block(x, past, past_mask)
         h = self._sublayer_input(x, self.norm2)
         if group > 1:
             rows, length, d_model = h.shape
@@ -140,10 +159,12 @@ class DecoderLayer(_ResidualLayer):
 class Transformer(Seq2SeqModel):
     """Transformer encoder–decoder with sinusoidal positions, optional shared/tied embeddings and a KV cache.
 
-    Decoder state (tensors batch-first): `pos` (int, the next target position), `beam` (int, rows per sentence),
-    `src_mask` (sentences, src_len), and `layers`: one dict per decoder layer with `self_k`/`self_v` (rows, heads,
-    decoded_len, head_dim) and `cross_k`/`cross_v` (sentences, heads, src_len, head_dim). Rows = sentences × beam:
-    the encoder side is kept once per sentence (see `expand_state` and `DecoderLayer.forward`'s `group`).
+    Decoder state (tensors batch-first): `pos` (int, the next target position of every row, or a (rows,) tensor
+    once rows that started at different steps were merged), `beam` (int, rows per sentence), `src_mask` (sentences,
+    src_len), `self_mask` (None, or (rows, decoded_len) bool: False at the empty cache slots in front of a row that
+    joined later), and `layers`: one dict per decoder layer with `self_k`/`self_v` (rows, heads, decoded_len,
+    head_dim) and `cross_k`/`cross_v` (sentences, heads, src_len, head_dim). Rows = sentences × beam: the encoder
+    side is kept once per sentence (see `expand_state` and `DecoderLayer.forward`'s `group`).
     """
 
     def __init__(
@@ -200,8 +221,17 @@ class Transformer(Seq2SeqModel):
             with torch.no_grad():
                 embed.weight[self.specials.pad].zero_()
 
-    def _embed(self, tokens: Tensor, embed: nn.Embedding, start: int = 0) -> Tensor:
-        """Scaled embeddings plus positions start .. start+len-1: (batch, len) -> (batch, len, d_model)."""
+    def _embed(self, tokens: Tensor, embed: nn.Embedding, start: int | Tensor = 0) -> Tensor:
+        """Scaled embeddings plus positions start .. start+len-1: (batch, len) -> (batch, len, d_model).
+
+        `start` may be a (batch,) tensor, one start per row (then len is 1: a decoder step).
+        """
+        if isinstance(start, Tensor):
+            if int(start.max()) < self.positions.size(0):
+                positions = self.positions.index_select(0, start)
+            else:
+                positions = sinusoidal_at(start, self.d_model).to(self.positions.device)
+            return self.dropout(embed(tokens) * self.embed_scale + positions[:, None])
         end = start + tokens.size(1)
         if end <= self.positions.size(0):
             positions = self.positions[start:end]
@@ -232,7 +262,7 @@ class Transformer(Seq2SeqModel):
             cross_k, cross_v = layer.cross_attn.project_kv(enc.memory)  # (batch, heads, src_len, head_dim)
             empty = cross_k.new_zeros(cross_k.size(0), cross_k.size(1), 0, cross_k.size(3))
             layers.append({"self_k": empty, "self_v": empty, "cross_k": cross_k, "cross_v": cross_v})
-        return {"pos": 0, "beam": 1, "src_mask": enc.src_mask, "layers": layers}
+        return {"pos": 0, "beam": 1, "src_mask": enc.src_mask, "self_mask": None, "layers": layers}
 
     _SENTENCE_KEYS = ("cross_k", "cross_v")
 
@@ -266,11 +296,14 @@ class Transformer(Seq2SeqModel):
                     layer[key] = t if sentences is None else t.index_select(0, sentences)
             layers.append(layer)
         src_mask = state["src_mask"] if sentences is None else state["src_mask"].index_select(0, sentences)
-        return {**state, "src_mask": src_mask, "layers": layers}
+        return {**state, **_select_row_tensors(state, index), "src_mask": src_mask, "layers": layers}
 
     def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState]:
         """Feed tokens (batch,) at position state["pos"]; returns logits (batch, tgt_vocab) and the new state."""
         x = self._embed(tokens[:, None], self.tgt_embed, state["pos"])  # (batch, 1, d_model)
+        self_mask = state.get("self_mask")
+        if self_mask is not None:  # the new slot is real for every row
+            self_mask = torch.cat([self_mask, self_mask.new_ones(self_mask.size(0), 1)], dim=1)
         new_layers = []
         for layer, cache in zip(self.decoder_layers, state["layers"], strict=True):
             x, (k, v) = layer(
@@ -279,10 +312,49 @@ class Transformer(Seq2SeqModel):
                 state["src_mask"],
                 (cache["self_k"], cache["self_v"]),
                 state["beam"],
+                self_mask,
             )
             new_layers.append({**cache, "self_k": k, "self_v": v})
         logits = self.output(self.decoder_norm(x[:, 0]))
-        return logits, {**state, "pos": state["pos"] + 1, "layers": new_layers}
+        return logits, {**state, "pos": state["pos"] + 1, "self_mask": self_mask, "layers": new_layers}
+
+    def merge_states(self, first: DecoderState, second: DecoderState) -> DecoderState:
+        """The rows of `first` then those of `second` (see `Seq2SeqModel.merge_states`).
+
+        Rows may be at different steps: the shorter self-attention caches get empty, masked slots in front, and each
+        row keeps its own position. Source sides of different lengths are padded (and masked) to the longer one.
+        Slots that no row uses any more (its rows left) are dropped here, so caches do not grow without bound.
+        """
+        if first["beam"] != second["beam"]:
+            raise ValueError(f"merge_states: beams differ ({first['beam']} and {second['beam']})")
+        rows = [_rows(first), _rows(second)]
+        decoded = max(_decoded(first), _decoded(second))
+        src_len = max(first["src_mask"].size(1), second["src_mask"].size(1))
+        self_mask = torch.cat([_self_mask(first, decoded), _self_mask(second, decoded)])
+        src_mask = torch.cat([_pad_right(first["src_mask"], src_len, 1), _pad_right(second["src_mask"], src_len, 1)])
+        # drop the leading cache slots and trailing source positions that no row uses
+        used = self_mask.any(0).nonzero()
+        skip = int(used[0]) if used.numel() else decoded
+        src_used = src_mask.any(0).nonzero()
+        src_keep = int(src_used[-1]) + 1 if src_used.numel() else src_len
+        layers = []
+        for a, b in zip(first["layers"], second["layers"], strict=True):
+            layer = {}
+            for key in a:
+                if key in self._SENTENCE_KEYS:
+                    both = [_pad_right(a[key], src_len, 2), _pad_right(b[key], src_len, 2)]
+                    layer[key] = torch.cat(both)[:, :, :src_keep]
+                else:
+                    layer[key] = torch.cat([_pad_left(a[key], decoded, 2), _pad_left(b[key], decoded, 2)])[:, :, skip:]
+            layers.append(layer)
+        pos = torch.cat([_positions(state, n) for state, n in zip((first, second), rows, strict=True)])
+        return {
+            **first,
+            "pos": pos,
+            "src_mask": src_mask[:, :src_keep],
+            "self_mask": self_mask[:, skip:],
+            "layers": layers,
+        }
 
     @torch.no_grad()
     def attention_weights(self, src: Tensor, tgt_in: Tensor, layer: int = -1, head: int | None = None) -> Tensor:
@@ -300,3 +372,54 @@ class Transformer(Seq2SeqModel):
             x, _ = lower(x, lower.cross_attn.project_kv(enc.memory), enc.src_mask)
         weights = layers[index].cross_attention_weights(x, enc.memory, enc.src_mask, average_heads=head is None)
         return weights if head is None else weights[:, head]
+
+
+def _rows(state: DecoderState) -> int:
+    return state["layers"][0]["self_k"].size(0) if state["layers"] else state["src_mask"].size(0) * state["beam"]
+
+
+def _decoded(state: DecoderState) -> int:
+    return state["layers"][0]["self_k"].size(2) if state["layers"] else 0
+
+
+def _self_mask(state: DecoderState, length: int) -> Tensor:
+    """The state's cache mask (rows, length): its own (or all True), with False slots added in front."""
+    rows, decoded = _rows(state), _decoded(state)
+    mask = state.get("self_mask")
+    if mask is None:
+        mask = torch.ones(rows, decoded, dtype=torch.bool, device=state["src_mask"].device)
+    return _pad_left(mask, length, 1)
+
+
+def _positions(state: DecoderState, rows: int) -> Tensor:
+    pos = state["pos"]
+    if isinstance(pos, Tensor):
+        return pos
+    return torch.full((rows,), pos, dtype=torch.long, device=state["src_mask"].device)
+
+
+def _pad_left(t: Tensor, length: int, dim: int) -> Tensor:
+    """`t` with zeros (False) in front along `dim`, up to `length`."""
+    missing = length - t.size(dim)
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _pad_right(t: Tensor, length: int, dim: int) -> Tensor:
+    """`t` with zeros (False) after it along `dim`, up to `length`."""
+    missing = length - t.size(dim)
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t, t.new_zeros(shape)], dim=dim)
+
+
+def _select_row_tensors(state: DecoderState, index: Tensor) -> DecoderState:
+    """The per-row tensors at the state's top level (positions, cache mask), at rows `index`."""
+    return {
+        key: state[key].index_select(0, index) for key in ("pos", "self_mask") if isinstance(state.get(key), Tensor)
+    }

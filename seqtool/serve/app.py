@@ -142,7 +142,12 @@ def create_app(spec: ServeSpec, models: dict[str, ServedModel] | None = None) ->
     async def list_models() -> dict[str, Any]:
         return {
             "models": [
-                {**model.info, "batches": model.batcher.rounds, "sentences": model.batcher.sentences}
+                {
+                    **model.info,
+                    "batches": model.batcher.rounds,
+                    "sentences": model.batcher.sentences,
+                    "most_lines_together": model.batcher.most_together,
+                }
                 for model in state["models"].values()
             ]
         }

@@ -1,14 +1,22 @@
-"""Dynamic batching: concurrent requests for one model merged into token-budget batches by its decoding threads.
+"""Dynamic batching: concurrent requests for one model decoded together by its decoding threads.
 
-Each request is split into chunks of a few lines; a decoding thread (one per worker of a beam search, each with its
-own round, so that a long sentence holds up only its own round) takes chunks round-robin over the waiting
-requests with the same search options (a long request cannot starve the short ones behind it) until the token
-budget of one round is reached, translates them in one `translate` call (which sorts them by length and searches
-them as token-budget batches, on the translator's workers), and hands each request its lines back in order. When
-the model is idle, the thread waits up to `max_wait_ms` for company before it runs a partial round.
+A model has one decoding thread per worker of a beam search (`Translator.parallelism`). A thread serves one search
+(beam, n-best, length penalty, ...) at a time, in one of two ways:
 
-One bad request never breaks the others: a request whose client went away (its future cancelled) is skipped, and
-an error in a round is passed to the requests of that round only.
+- **continuous batching**, where the engine offers a `TranslationStream` (seqtool's beam search): waiting lines join
+  the running search between two of its steps, and each line's answer leaves as soon as that line is done, so the
+  batch stays full while clients come and go;
+- **rounds** otherwise (greedy search, CTranslate2): the thread takes waiting lines up to the token budget, translates
+  them in one `translate` call, and hands each request its lines back.
+
+Lines are taken round-robin over the waiting requests with the same search, a few at a time, so a long request
+cannot starve the short ones behind it. What waits is shared out among the threads (a thread takes its share of the
+tokens waiting and live, up to `max_batch_tokens`), so that none idles while another holds it all. When the model is
+idle, a thread waits up to `max_wait_ms` for company before it starts. A thread stops taking new lines while an
+older request with another search waits, and switches to it once its own search is empty.
+
+One bad request never breaks the others: lines of a request whose client went away (its future cancelled) are
+skipped, and an error while decoding is passed to the requests that had lines in that batch only.
 """
 
 from __future__ import annotations
@@ -17,40 +25,43 @@ import asyncio
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from seqtool.decode import TranslatorLike
 from seqtool.decode.search import SearchConfig
-from seqtool.decode.translate import Translation
+from seqtool.decode.translate import Translation, TranslationStream
 
-CHUNK_SHARE = 4  # a chunk holds at most 1/CHUNK_SHARE of a round's token budget
+TURN_SHARE = 4  # a request's turn takes at most 1/TURN_SHARE of the token budget (at least one line)
 
 
 @dataclass(eq=False)
 class _Request:
-    """One request: its lines, where its results go, and the chunks still to translate."""
+    """One request: its lines still waiting, where its results go, and how many are not done yet."""
 
     search: SearchConfig
     results: list[list[Translation] | None]
     future: asyncio.Future[list[list[Translation]]]
     loop: asyncio.AbstractEventLoop
-    chunks: deque[tuple[int, list[str], int]] = field(default_factory=deque)  # (first line, lines, tokens)
+    waiting: deque[tuple[int, str, int]] = field(default_factory=deque)  # (line index, line, token cost)
     arrived: float = field(default_factory=time.monotonic)
-    left: int = 0  # chunks not yet translated
+    left: int = 0  # lines not done yet
 
     def gone(self) -> bool:
         return self.future.cancelled()
 
 
+Line = tuple[_Request, int, str, int]  # request, line index, line, token cost
+
+
 def _search_key(cfg: SearchConfig) -> tuple[Any, ...]:
-    """Requests whose searches can share one `translate` call."""
+    """Requests whose searches can share one batch."""
     return (cfg.beam, cfg.nbest, cfg.length_penalty, cfg.max_len_a, cfg.max_len_b, cfg.length_penalty_kind, cfg.stop)
 
 
 class Batcher:
-    """One model's batching loop (a daemon thread); `translate` is awaited from the server's event loop."""
+    """One model's batching (daemon decoding threads); `translate` is awaited from the server's event loop."""
 
     def __init__(
         self,
@@ -58,7 +69,7 @@ class Batcher:
         max_batch_tokens: int,
         max_wait_ms: float,
         max_input_len: int,
-        count_tokens: Any,
+        count_tokens: Callable[[Sequence[str]], list[int]],
     ) -> None:
         self.translator = translator
         self.max_batch_tokens = max_batch_tokens
@@ -68,35 +79,26 @@ class Batcher:
         self._waiting: dict[tuple[Any, ...], deque[_Request]] = {}
         self._cond = threading.Condition()
         self._closing = False
-        self._active = 0  # rounds being translated now
-        self.rounds = 0  # translate calls made (for tests and metrics)
+        self._active = 0  # threads decoding now
+        self._live_tokens: dict[int, int] = {}  # per decoding thread: the token cost of its lines being decoded
+        self.rounds = 0  # groups of lines started together: rounds, or admissions into a running search
         self.sentences = 0
-        # one decoding thread per worker of a beam search: each translates its own round, so that a round's longest
-        # sentence holds up only its own thread while the others take the requests that arrive meanwhile
+        self.most_together = 0  # the most lines decoded together so far (one batch or one running search)
         most = max(1, translator.parallelism(SearchConfig(beam=2))[0])
         self._threads = [
-            threading.Thread(target=self._run, name=f"seqtool-batcher-{i}", daemon=True) for i in range(most)
+            threading.Thread(target=self._run, args=(i,), name=f"seqtool-batcher-{i}", daemon=True) for i in range(most)
         ]
         for thread in self._threads:
             thread.start()
 
     async def translate(self, lines: Sequence[str], search: SearchConfig) -> list[list[Translation]]:
         """The n-best lists of `lines`, in order, decoded together with whatever else is waiting."""
-        loop = asyncio.get_running_loop()
-        request = _Request(search, [None] * len(lines), loop.create_future(), loop)
         if not lines:
             return []
-        budget = self._round_tokens(search)
-        first, chunk, tokens = 0, [], 0
-        for i, count in enumerate(self.count_tokens(lines)):
-            cost = (min(count, self.max_input_len) + 1) * search.beam
-            if chunk and tokens + cost > budget // CHUNK_SHARE:
-                request.chunks.append((first, chunk, tokens))
-                first, chunk, tokens = i, [], 0
-            chunk.append(lines[i])
-            tokens += cost
-        request.chunks.append((first, chunk, tokens))
-        request.left = len(request.chunks)
+        loop = asyncio.get_running_loop()
+        request = _Request(search, [None] * len(lines), loop.create_future(), loop, left=len(lines))
+        for i, (line, count) in enumerate(zip(lines, self.count_tokens(lines), strict=True)):
+            request.waiting.append((i, line, (min(count, self.max_input_len) + 1) * search.beam))
         with self._cond:
             if self._closing:
                 raise RuntimeError("the server is shutting down")
@@ -105,22 +107,15 @@ class Batcher:
         return await request.future
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish what is waiting, then stop the thread."""
+        """Finish what is waiting and being decoded, then stop the threads."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout)
 
-    def _round_tokens(self, search: SearchConfig) -> int:
-        return self.max_batch_tokens
-
-    def _may_start(self, search: SearchConfig) -> bool:
-        """Whether another round may run now: at most as many at once as the search has workers (greedy: one)."""
-        return self._active < max(1, self.translator.parallelism(search)[0])
-
-    # -- the decoding thread ------------------------------------------------------------------------------------------
-    def _run(self) -> None:
+    # -- the decoding threads -----------------------------------------------------------------------------------------
+    def _run(self, me: int) -> None:
         while True:
             with self._cond:
                 while not self._closing and not (self._any_waiting() and self._may_start(self._oldest()[1].search)):
@@ -128,10 +123,10 @@ class Batcher:
                 if self._closing and not self._any_waiting():
                     return
                 if not self._may_start(self._oldest()[1].search):
-                    self._cond.wait(0.05)  # closing, with rounds still running: wait for a free worker
+                    self._cond.wait(0.05)  # closing, with others still decoding: wait for a free worker
                     continue
                 key, oldest = self._oldest()
-                # an idle model gives other requests until max_wait after the oldest arrived to join the round
+                # an idle model gives other requests until max_wait after the oldest arrived to join
                 while self._active == 0 and not self._closing and self._queued_tokens(key) < self.max_batch_tokens:
                     left = oldest.arrived + self.max_wait - time.monotonic()
                     if left <= 0:
@@ -140,23 +135,75 @@ class Batcher:
                 if not self._any_waiting():
                     continue  # another thread took them meanwhile
                 key, oldest = self._oldest()
-                # what waits is shared out among the free workers, so that none idles while another holds it all
-                free = max(1, self.translator.parallelism(oldest.search)[0] - self._active)
-                share = -(-self._queued_tokens(key) // free)
-                taken = self._take(key, min(self._round_tokens(oldest.search), share))
+                search = oldest.search
                 self._active += 1
+                stream = self.translator.stream(search, self.max_input_len)
+                taken = [] if stream is not None else self._take(me, key, search)
+                self._live_tokens[me] = sum(cost for _, _, _, cost in taken)
             try:
-                if taken:
-                    self._translate_round(taken)
+                if stream is not None:
+                    self._run_stream(me, key, stream)
+                elif taken:
+                    self._run_round(taken, search)
             finally:
                 with self._cond:
                     self._active -= 1
+                    self._live_tokens.pop(me, None)
                     self._cond.notify_all()
+
+    def _run_round(self, taken: list[Line], search: SearchConfig) -> None:
+        """Translate the lines in one `translate` call and hand them to their requests."""
+        try:
+            results = self.translator.translate(
+                [line for _, _, line, _ in taken], search, self.max_batch_tokens, self.max_input_len
+            )
+        except Exception as exc:  # handed to the requests of this round: it never kills the thread
+            self._fail({request for request, _, _, _ in taken}, exc)
+            return
+        with self._cond:
+            self.rounds += 1
+            self.most_together = max(self.most_together, len(taken))
+            self._deliver([(request, i, nbest) for (request, i, _, _), nbest in zip(taken, results, strict=True)])
+
+    def _run_stream(self, me: int, key: tuple[Any, ...], stream: TranslationStream) -> None:
+        """Continuous batching: admit waiting lines between the steps of one running search until it is empty."""
+        live: dict[tuple[_Request, int], int] = {}  # (request, line index) -> token cost
+        while True:
+            with self._cond:
+                self._live_tokens[me] = sum(live.values())
+                taken = [] if self._switch_due(key) else self._take(me, key, stream.cfg)
+                if taken:
+                    self.rounds += 1
+            try:
+                if taken:
+                    keys = [(request, i) for request, i, _, _ in taken]
+                    live.update(((request, i), cost) for request, i, _, cost in taken)
+                    self.most_together = max(self.most_together, len(live))
+                    done = stream.admit([line for _, _, line, _ in taken], keys)
+                else:
+                    done = []
+                if stream.live:
+                    done += stream.step()
+            except Exception as exc:  # the requests with lines in this search get the error; the thread goes on
+                self._fail({request for request, _ in live}, exc)
+                return
+            if done:
+                with self._cond:
+                    self._deliver([(request, i, nbest) for (request, i), nbest in done])
+                for line_key, _ in done:
+                    live.pop(line_key, None)
+            if not stream.live:
+                return
+
+    # -- the queue (called with the lock held) ------------------------------------------------------------------------
+    def _may_start(self, search: SearchConfig) -> bool:
+        """Whether another thread may start now: at most as many at once as the search has workers (greedy: one)."""
+        return self._active < max(1, self.translator.parallelism(search)[0])
 
     def _any_waiting(self) -> bool:
         for key in list(self._waiting):
             queue = self._waiting[key]
-            while queue and queue[0].gone():
+            while queue and (queue[0].gone() or not queue[0].waiting):
                 queue.popleft()
             if not queue:
                 del self._waiting[key]
@@ -166,50 +213,66 @@ class Batcher:
         key = min(self._waiting, key=lambda k: self._waiting[k][0].arrived)
         return key, self._waiting[key][0]
 
-    def _queued_tokens(self, key: tuple[Any, ...]) -> int:
-        return sum(tokens for request in self._waiting.get(key, ()) for _, _, tokens in request.chunks)
+    def _switch_due(self, key: tuple[Any, ...]) -> bool:
+        """Whether a request with another search waits longer than every one with `key` (then stop taking `key`)."""
+        return self._any_waiting() and self._oldest()[0] != key
 
-    def _take(self, key: tuple[Any, ...], budget: int) -> list[tuple[_Request, int, list[str]]]:
-        """Chunks round-robin over the requests with this search, up to `budget` tokens (at least one chunk)."""
-        queue = self._waiting.get(key, deque())
-        taken: list[tuple[_Request, int, list[str]]] = []
+    def _queued_tokens(self, key: tuple[Any, ...]) -> int:
+        return sum(cost for request in self._waiting.get(key, ()) for _, _, cost in request.waiting)
+
+    def _take(self, me: int, key: tuple[Any, ...], search: SearchConfig) -> list[Line]:
+        """Waiting lines with this search, round-robin over their requests, up to this thread's share of the budget.
+
+        The share: the tokens waiting and being decoded, spread over the search's workers, at most `max_batch_tokens`;
+        a thread with nothing live takes at least one line.
+        """
+        queue = self._waiting.get(key)
+        if not queue:
+            return []
+        mine = self._live_tokens.get(me, 0)
+        workers = max(1, self.translator.parallelism(search)[0])
+        share = -(-(self._queued_tokens(key) + sum(self._live_tokens.values())) // workers)
+        budget = min(self.max_batch_tokens, share) - mine
+        taken: list[Line] = []
         used = 0
         while queue:
             request = queue.popleft()
             if request.gone():
                 continue
-            first, lines, tokens = request.chunks[0]
-            if taken and used + tokens > budget:
-                queue.appendleft(request)
-                break
-            request.chunks.popleft()
-            taken.append((request, first, lines))
-            used += tokens
-            if request.chunks:
-                queue.append(request)  # its next chunk waits for its turn
+            turn = 0
+            while request.waiting:
+                i, line, cost = request.waiting[0]
+                if (taken or mine) and used + cost > budget:
+                    break
+                if taken and turn + cost > self.max_batch_tokens // TURN_SHARE:
+                    break
+                request.waiting.popleft()
+                taken.append((request, i, line, cost))
+                used += cost
+                turn += cost
+            if request.waiting:
+                if used + request.waiting[0][2] > budget and (taken or mine):
+                    queue.appendleft(request)  # its next line waits for the next batch, first in line
+                    break
+                queue.append(request)  # its next lines wait for its next turn
         if not queue:
             self._waiting.pop(key, None)
         return taken
 
-    def _translate_round(self, taken: list[tuple[_Request, int, list[str]]]) -> None:
-        lines = [line for _, _, chunk in taken for line in chunk]
-        search = taken[0][0].search
-        try:
-            results = self.translator.translate(lines, search, self.max_batch_tokens, self.max_input_len)
-        except Exception as exc:  # handed to the requests of this round: it never kills the thread
-            for request in {request for request, _, _ in taken}:
-                request.loop.call_soon_threadsafe(_fail, request.future, exc)
-            return
-        with self._cond:
-            self.rounds += 1
-            self.sentences += len(lines)
-        at = 0
-        for request, first, chunk in taken:
-            request.results[first : first + len(chunk)] = results[at : at + len(chunk)]
-            at += len(chunk)
+    def _deliver(self, done: Sequence[tuple[_Request, int, list[Translation]]]) -> None:
+        """Hand finished lines to their requests; a request is answered when its last line is done."""
+        for request, i, nbest in done:
+            request.results[i] = nbest
             request.left -= 1
+            self.sentences += 1
             if request.left == 0:
                 request.loop.call_soon_threadsafe(_finish, request.future, request.results)
+
+    def _fail(self, requests: set[_Request], exc: Exception) -> None:
+        with self._cond:
+            for request in requests:
+                request.waiting.clear()
+                request.loop.call_soon_threadsafe(_fail, request.future, exc)
 
 
 def _finish(future: asyncio.Future[Any], results: list[Any]) -> None:
