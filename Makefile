@@ -6,7 +6,7 @@ BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BROWSER := $(VENV)/.browser
 
-.PHONY: setup demo test test-slow lint format clean bench-train bench-quality bench-translate bench-serve bench-scale docs
+.PHONY: setup demo test test-slow lint format clean bench-train bench-quality bench-translate bench-serve bench-controls bench-scale docs
 
 setup: $(STAMP) $(BROWSER)
 
@@ -66,6 +66,10 @@ bench-translate: setup
 # seqtool serve under 1, 8, 32 and 64 concurrent clients beside offline translate (torch and CTranslate2 engines)
 bench-serve: setup
 	bash tests/benchmarks/bench_serve.sh
+
+# decoding controls side by side: beam, greedy, sampling, scoring, prefix, --align, a 2-model ensemble
+bench-controls: setup
+	bash tests/benchmarks/bench_controls.sh
 
 # corpora larger than RAM: cache build + 500 training steps on 1M and 5M synthetic pairs, peak RSS (about 40 min)
 bench-scale: setup

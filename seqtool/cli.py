@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 
 from seqtool import __version__
-from seqtool.config import ServeConfig
+from seqtool.config import SAMPLE_SEED, SAMPLE_TEMPERATURE, SAMPLE_TOP_K, SAMPLE_TOP_P, ServeConfig
 from seqtool.decode import DecodeOptions  # light: the heavy modules load inside the commands that need them
 from seqtool.errors import DataError, SeqtoolError
 
@@ -307,6 +307,11 @@ class StopRule(str, Enum):
     exact = "exact"
 
 
+class Batching(str, Enum):
+    rounds = "rounds"
+    continuous = "continuous"
+
+
 class Quantize(str, Enum):
     auto = "auto"
     none = "none"
@@ -315,7 +320,13 @@ class Quantize(str, Enum):
 
 @app.command()
 def translate(
-    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `seqtool train`.")],
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directory written by `seqtool train`; several make an ensemble (same vocabularies).",
+            metavar="RUN_DIR...",
+        ),
+    ],
     input: Annotated[Path | None, typer.Option("--input", "-i", help="Input file (default: stdin).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
     beam: Annotated[
@@ -386,6 +397,43 @@ def translate(
         bool,
         typer.Option("--stream", help="Answer each stdin line as soon as it arrives (interactive; slower in bulk)."),
     ] = False,
+    sample: Annotated[
+        bool,
+        typer.Option(
+            "--sample",
+            help="Sample translations instead of searching (back-translation); with --nbest N, N independent samples. "
+            "The same --seed gives the same samples, whatever the batching.",
+        ),
+    ] = False,
+    top_k: Annotated[
+        int, typer.Option(help="--sample: only from the K likeliest tokens (0 = all).", min=0)
+    ] = SAMPLE_TOP_K,
+    top_p: Annotated[
+        float,
+        typer.Option(help="--sample: only from the likeliest tokens whose probability reaches P.", min=0.0, max=1.0),
+    ] = SAMPLE_TOP_P,
+    temperature: Annotated[
+        float, typer.Option(help="--sample: divide the logits by T (0 = the likeliest token).", min=0.0)
+    ] = SAMPLE_TEMPERATURE,
+    seed: Annotated[int, typer.Option(help="--sample: seed (with each line's number) of the draws.")] = SAMPLE_SEED,
+    prefix: Annotated[
+        bool,
+        typer.Option(
+            "--prefix",
+            help="Input lines are SOURCE<TAB>PREFIX: each translation starts with PREFIX, the rest is searched.",
+        ),
+    ] = False,
+    align: Annotated[
+        bool,
+        typer.Option(
+            "--align",
+            help="Append <TAB> and the word alignment (Pharaoh `src-tgt` pairs, from the cross-attention).",
+        ),
+    ] = False,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Ensemble: each run's weight, e.g. 0.6,0.4 (default: equal); log-probs are averaged."),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
     """Translate text line by line: stdin to stdout (or -i/-o); one output line per input line, in order.
@@ -393,26 +441,28 @@ def translate(
     --engine ctranslate2 runs a model written by `seqtool export` (needs pip install 'seqtool\\[ct2]').
 
     Example: seqtool translate runs/demo --beam 5 < data/test.en > hyp.de
+
+    Example (back-translation): seqtool translate runs/de-en --sample --top-k 10 --seed 1 < mono.de > synthetic.en
+
+    Example (ensemble): seqtool translate runs/a runs/b --weights 0.6,0.4 < test.en > hyp.de
+
+    Example (target prefix): printf 'Open the file\tÖffnen\n' | seqtool translate runs/demo --prefix
     """
     from seqtool.decode import load_translator
     from seqtool.decode.search import SearchConfig
-    from seqtool.decode.translate import format_translations, truncation_warning
+    from seqtool.decode.translate import format_translations, split_pairs, truncation_warning
 
     if output is not None:
         _refuse_existing(output, overwrite)  # before the model is loaded: fail fast
+    if align and engine == Engine.ctranslate2:  # before the model is loaded
+        raise DataError("--align needs --engine torch", "seqtool's engine aligns from the model's cross-attention")
     if stream and (input is not None or output is not None):
         raise DataError("--stream reads stdin and writes stdout", "drop -i/-o, or drop --stream for files")
-    options = DecodeOptions(
-        engine=engine.value,
-        checkpoint=checkpoint,
-        device=device.value,
-        precision=precision.value,
-        threads=threads,
-        workers=1 if stream else workers,  # --stream: one line at a time, all threads go to it
-        quantize=quantize.value,
-        ct2_model=ct2_model,
+    # --stream: one line at a time, all threads go to it
+    options = _decode_options(
+        engine, checkpoint, device, precision, threads, quantize, ct2_model, 1 if stream else workers
     )
-    translator = load_translator(run_dir, options)
+    translator = load_translator(run_dirs, options, _parse_weights(weights))
     for warning in translator.warnings:
         typer.echo(f"warning: {warning}", err=True)
     dc = translator.config.decode
@@ -424,29 +474,169 @@ def translate(
         max_len_a=max_len_a,
         max_len_b=max_len_b,
         stop=None if stop is None else stop.value,
+        sample=sample,
+        top_k=top_k,
+        top_p=top_p,
+        temperature=temperature,
+        seed=seed,
     )
-    if nbest > (beam or dc.beam):
+    if not sample and nbest > (beam or dc.beam):
         typer.echo(f"note: --nbest {nbest} needs a beam of at least {nbest}: using --beam {nbest}", err=True)
     limit = max_input_len or dc.max_input_len
     if stream:
-        _translate_stream(translator, search_cfg, limit, nbest, scores)
+        _translate_stream(translator, search_cfg, limit, nbest, scores, prefix, align)
         return
-    results = translator.translate(_read_input(input), search_cfg, batch_tokens, limit)
+    lines, prefixes = _read_input(input), None
+    if prefix:
+        lines, prefixes = split_pairs(lines)
+    results = translator.translate(lines, search_cfg, batch_tokens, limit, prefixes=prefixes, align=align)
     warning = truncation_warning(results, limit)
     if warning:
         typer.echo(f"warning: {warning}", err=True)
     _write_output(format_translations(results, nbest, scores), output, overwrite)
 
 
-def _translate_stream(translator: TranslatorLike, cfg: SearchConfig, limit: int, nbest: int, scores: bool) -> None:
+class Normalize(str, Enum):
+    none = "none"
+    avg = "avg"
+    gnmt = "gnmt"
+
+
+@app.command()
+def score(
+    run_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directory written by `seqtool train`; several make an ensemble (same vocabularies).",
+            metavar="RUN_DIR...",
+        ),
+    ],
+    src: Annotated[Path | None, typer.Option("--src", help="Source file (with --tgt; default: stdin).")] = None,
+    tgt: Annotated[Path | None, typer.Option("--tgt", help="Target file, line-aligned with --src.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
+    normalize: Annotated[
+        Normalize,
+        typer.Option(
+            help="SCORE = LOG_PROB / lp(TOKENS): gnmt ((5 + n) / 6) ** alpha, as beam search ranks; avg n ** alpha "
+            "(alpha 1: per token); none: LOG_PROB."
+        ),
+    ] = Normalize.gnmt,
+    length_penalty: Annotated[
+        float | None, typer.Option(help="alpha of --normalize (default: the config's decode.length_penalty).", min=0.0)
+    ] = None,
+    max_len: Annotated[
+        int | None,
+        typer.Option(
+            help="Pieces per side; longer pairs are marked, not scored (default: decode.max_input_len).", min=1
+        ),
+    ] = None,
+    batch_tokens: Annotated[int | None, typer.Option(help="Token budget per batch.", min=1)] = None,
+    checkpoint: Annotated[
+        str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")
+    ] = _DECODE.checkpoint,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device(_DECODE.device),
+    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision(_DECODE.precision),
+    threads: Annotated[int, typer.Option(help="CPU threads (0 = one per core).", min=0)] = _DECODE.threads,
+    engine: Annotated[
+        Engine, typer.Option(help="torch, or ctranslate2 (a model written by `seqtool export`).")
+    ] = Engine(_DECODE.engine),
+    ct2_model: Annotated[
+        Path | None, typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2).")
+    ] = _DECODE.ct2_model,
+    align: Annotated[
+        bool,
+        typer.Option(
+            "--align",
+            help="Append <TAB> and the word alignment (Pharaoh `src-tgt` pairs, from the cross-attention).",
+        ),
+    ] = False,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Ensemble: each run's weight, e.g. 0.6,0.4 (default: equal); log-probs are averaged."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+) -> None:
+    """Score given sentence pairs under a model: one line per pair, `LOG_PROB<TAB>SCORE<TAB>TOKENS`.
+
+    LOG_PROB is the model's log-probability of the target's pieces and </s> (the units of `translate --scores`),
+    TOKENS counts them. Pairs come from --src/--tgt, or from stdin as `SOURCE<TAB>TARGET` lines. A pair that cannot be
+    scored (an empty side, a side over --max-len) prints `NA<TAB>NA<TAB>0<TAB>REASON`, so lines never shift.
+
+    Example: seqtool score runs/demo --src test.en --tgt test.de --normalize avg > scores.tsv
+    """
+    from seqtool.decode import load_translator
+    from seqtool.decode.scoring import format_scores
+    from seqtool.decode.translate import split_pairs
+
+    if output is not None:
+        _refuse_existing(output, overwrite)
+    if (src is None) != (tgt is None):
+        raise DataError("--src and --tgt go together", "give both files, or SOURCE<TAB>TARGET lines on stdin")
+    if src is not None and tgt is not None:
+        sources, targets = _read_input(src), _read_input(tgt)
+        if len(sources) != len(targets):
+            raise DataError(f"{src} has {len(sources)} lines but {tgt} has {len(targets)}", "the files must be aligned")
+    else:
+        sources, targets = split_pairs(_read_input(None))
+    quantize = Quantize.none if engine == Engine.torch else Quantize(_DECODE.quantize)  # the model's own numbers
+    options = _decode_options(engine, checkpoint, device, precision, threads, quantize, ct2_model)
+    translator = load_translator(run_dirs, options, _parse_weights(weights))
+    for warning in translator.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    scores = translator.score(sources, targets, normalize.value, length_penalty, batch_tokens, max_len)
+    skipped = sum(s.error is not None for s in scores)
+    if skipped:
+        typer.echo(f"warning: {skipped} of {len(scores)} pairs were not scored (marked NA)", err=True)
+    _write_output(format_scores(scores), output, overwrite)
+
+
+def _decode_options(
+    engine: Engine,
+    checkpoint: str,
+    device: Device,
+    precision: Precision,
+    threads: int,
+    quantize: Quantize,
+    ct2_model: Path | None,
+    workers: int = 0,
+) -> DecodeOptions:
+    """The engine options of translate, score and serve."""
+    return DecodeOptions(
+        engine=engine.value,
+        checkpoint=checkpoint,
+        device=device.value,
+        precision=precision.value,
+        threads=threads,
+        workers=workers,
+        quantize=quantize.value,
+        ct2_model=ct2_model,
+    )
+
+
+def _parse_weights(text: str | None) -> list[float] | None:
+    """`--weights 0.6,0.4` -> [0.6, 0.4]."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise DataError(f"--weights {text!r} is not a list of numbers", "write it as --weights 0.6,0.4") from None
+
+
+def _translate_stream(
+    translator: TranslatorLike, cfg: SearchConfig, limit: int, nbest: int, scores: bool, prefix: bool, align: bool
+) -> None:
     """Translate stdin line by line, writing and flushing each answer before reading the next line."""
-    from seqtool.decode.translate import format_translations, split_lines
+    from seqtool.decode.translate import format_translations, split_lines, split_pairs
 
     for number, raw in enumerate(iter(sys.stdin.buffer.readline, b""), start=1):
         lines, bad = split_lines(raw)
         if bad is not None:
             typer.echo(f"warning: invalid UTF-8 in stdin line {number} was replaced by U+FFFD", err=True)
-        results = translator.translate(lines[:1] or [""], cfg, max_input_len=limit)
+        lines, prefixes = (split_pairs(lines[:1] or [""])) if prefix else (lines[:1] or [""], None)
+        results = translator.translate(
+            lines, cfg, max_input_len=limit, first_line=number - 1, prefixes=prefixes, align=align
+        )
         if results[0][0].truncated:
             typer.echo(f"warning: input line {number} was longer than {limit} pieces and was truncated", err=True)
         out = format_translations(results, nbest, scores, first_line=number)
@@ -490,6 +680,13 @@ def serve(
     max_wait_ms: Annotated[
         float, typer.Option(help="How long an idle model waits for more requests before it decodes.", min=0.0)
     ] = _SERVE.max_wait_ms,
+    batching: Annotated[
+        Batching,
+        typer.Option(
+            help="rounds: waiting requests decoded together, batch after batch; continuous: lines join a running "
+            "beam search between its steps (slower on a small CPU; for GPUs)."
+        ),
+    ] = Batching(_SERVE.batching),
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.", min=1)] = _SERVE.max_body_bytes,
     max_lines: Annotated[int, typer.Option(help="Most lines in one request.", min=1)] = _SERVE.max_lines,
     max_line_chars: Annotated[int, typer.Option(help="Longest line, in characters.", min=1)] = _SERVE.max_line_chars,
@@ -517,21 +714,14 @@ def serve(
         port=port,
         max_batch_tokens=max_batch_tokens,
         max_wait_ms=max_wait_ms,
+        batching=batching.value,
         max_body_bytes=max_body_bytes,
         max_lines=max_lines,
         max_line_chars=max_line_chars,
         max_beam=max_beam,
         workers=workers,
     )
-    options = DecodeOptions(
-        engine=engine.value,
-        checkpoint=checkpoint,
-        device=device.value,
-        precision=precision.value,
-        threads=threads,
-        quantize=quantize.value,
-        ct2_model=ct2_model,
-    )
+    options = _decode_options(engine, checkpoint, device, precision, threads, quantize, ct2_model)
     spec = ServeSpec.build(run_dirs, options, limits, api_key_env)
     run_server(spec, log=lambda message: typer.echo(message, err=True))
 

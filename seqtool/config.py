@@ -142,6 +142,11 @@ class TrainConfig:
 
 NBEST = 1  # hypotheses returned per sentence unless asked for more (translate --nbest)
 LENGTH_PENALTY_KIND = "gnmt"  # the formula decode.length_penalty is the alpha of (a key of search.LENGTH_PENALTIES)
+# sampling (translate --sample): top_k 0 and top_p 1.0 keep every token; temperature 0 is greedy search
+SAMPLE_TOP_K = 0
+SAMPLE_TOP_P = 1.0
+SAMPLE_TEMPERATURE = 1.0
+SAMPLE_SEED = 0
 
 
 @dataclass
@@ -470,6 +475,11 @@ class ServeConfig:
     port: int = _opt(8080, "TCP port")
     max_batch_tokens: int = _opt(4000, "source-token budget per decoding batch (× beam), as translate's --batch-tokens")
     max_wait_ms: float = _opt(5.0, "how long an idle model waits for more requests before a partial batch runs")
+    batching: Literal["rounds", "continuous"] = _opt(
+        "rounds",
+        "rounds: waiting lines are decoded together, batch after batch; continuous: lines join a running beam search"
+        " between its steps (on a 2-core CPU measured slower: mixed lengths widen every row's cache)",
+    )
     max_body_bytes: int = _opt(1_000_000, "largest request body")
     max_lines: int = _opt(256, "most lines (sentences) in one request")
     max_line_chars: int = _opt(2_000, "longest line, in characters")

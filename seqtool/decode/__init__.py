@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from seqtool.config import Config
     from seqtool.decode.ct2_engine import CTranslate2Translator
+    from seqtool.decode.scoring import PairScore
     from seqtool.decode.search import SearchConfig
     from seqtool.decode.translate import Translation, TranslationStream, Translator
     from seqtool.tokenizer import Tokenizer
@@ -74,12 +75,29 @@ class TranslatorLike(Protocol):
         cfg: SearchConfig,
         batch_tokens: int | None = None,
         max_input_len: int | None = None,
+        first_line: int = 0,
+        prefixes: Sequence[str] | None = None,
+        align: bool = False,
     ) -> list[list[Translation]]:
-        """Translate `lines` (batch_tokens None: the config's decode.batch_tokens; max_input_len None: no limit)."""
+        """Translate `lines` (batch_tokens None: the config's decode.batch_tokens; max_input_len None: no limit;
+        line i is line `first_line + i` of the input, which seeds its samples when `cfg.sample`; its translations
+        start with the target text `prefixes[i]` when given; `align`: with word alignments, where the engine can)."""
         ...
 
     def parallelism(self, cfg: SearchConfig) -> tuple[int, int]:
         """(workers, threads per worker) that `translate` uses for a search with `cfg`."""
+        ...
+
+    def score(
+        self,
+        sources: Sequence[str],
+        targets: Sequence[str],
+        normalize: str = "gnmt",
+        alpha: float | None = None,
+        batch_tokens: int | None = None,
+        max_len: int | None = None,
+    ) -> list[PairScore]:
+        """The model's score of each (source, target) pair, in order (see `seqtool.decode.scoring`)."""
         ...
 
     def stream(self, cfg: SearchConfig, max_input_len: int | None = None) -> TranslationStream | None:
@@ -88,13 +106,24 @@ class TranslatorLike(Protocol):
         ...
 
 
-def load_translator(run_dir: str | Path, options: DecodeOptions | None = None) -> TranslatorLike:
+def load_translator(
+    run_dir: str | Path | Sequence[str | Path],
+    options: DecodeOptions | None = None,
+    weights: Sequence[float] | None = None,
+) -> TranslatorLike:
     """The translator of the run in `run_dir`, run as `options` say (default: `DecodeOptions()`).
 
-    Raises a SeqtoolError (exit code 2) for options that do not go together, before any model is loaded, and the
-    loading errors of the run (not a run directory, no checkpoint, no CTranslate2 export, ...).
+    Several run directories make an ensemble (seqtool's engine only; see `seqtool.decode.ensemble`), their
+    log-probabilities averaged with `weights` (default: equal). Raises a SeqtoolError (exit code 2) for options that
+    do not go together, before any model is loaded, and the loading errors of the run (not a run directory, no
+    checkpoint, no CTranslate2 export, runs of different vocabularies in an ensemble, ...).
     """
     options = options or DecodeOptions()
+    if not isinstance(run_dir, (str, Path)):
+        runs = [Path(d) for d in run_dir]
+        if len(runs) > 1 or weights is not None:
+            return _load_ensemble(runs, options, weights)
+        run_dir = runs[0]
     _check_choice("engine", options.engine, ENGINES)
     _check_choice("precision", options.precision, PRECISIONS)
     _check_choice("quantize", options.quantize, QUANTIZE_CHOICES)
@@ -103,6 +132,47 @@ def load_translator(run_dir: str | Path, options: DecodeOptions | None = None) -
     if options.engine == "ctranslate2":
         return _load_ct2(Path(run_dir), options)
     return _load_torch(Path(run_dir), options)
+
+
+def _load_ensemble(runs: list[Path], options: DecodeOptions, weights: Sequence[float] | None) -> Translator:
+    """An ensemble of the runs' models (see `seqtool.decode.ensemble`), with the first run's tokenizer and config."""
+    from seqtool.decode.ensemble import Ensemble
+    from seqtool.decode.translate import Translator
+
+    if options.engine != "torch":
+        raise SeqtoolError(
+            f"an ensemble runs on --engine torch, not {options.engine}", "drop --engine, or translate with one run"
+        )
+    if weights is not None and len(weights) != len(runs):
+        raise ConfigError(f"{len(weights)} weights for {len(runs)} runs", "give one weight per run: --weights 0.5,0.5")
+    members = [_load_torch(run, options) for run in runs]
+    first = members[0]
+    for run, member in zip(runs[1:], members[1:], strict=True):
+        for side in ("src", "tgt"):
+            if _pieces(getattr(member.tokenizer, side)) != _pieces(getattr(first.tokenizer, side)):
+                name = "source" if side == "src" else "target"
+                raise ConfigError(
+                    f"{run} has another {name} vocabulary than {runs[0]}",
+                    "an ensemble's runs must share their SentencePiece vocabularies (train them with one tokenizer)",
+                )
+    model = Ensemble([member.model for member in members], weights)
+    warnings = list(dict.fromkeys(w for member in members for w in member.warnings))
+    return Translator(
+        model,
+        first.tokenizer,
+        first.device,
+        first.precision,
+        config=first.config,
+        threads=options.threads,
+        workers=options.workers,
+        warnings=warnings,
+    )
+
+
+def _pieces(model: object) -> list[str]:
+    """The pieces of a SentencePiece model, in id order (and its padding id)."""
+    processor = model.processor  # type: ignore[attr-defined]
+    return [processor.id_to_piece(i) for i in range(processor.get_piece_size())] + [str(model.pad_id)]  # type: ignore[attr-defined]
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -20,15 +20,25 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from seqtool.config import Config
 from seqtool.decode.search import Hypothesis, SearchConfig
-from seqtool.decode.translate import Translation, decode_hypotheses, encode_sources, length_batches
+from seqtool.decode.translate import (
+    Translation,
+    decode_hypotheses,
+    encode_prefixes,
+    encode_sources,
+    keep_prefixes,
+    length_batches,
+)
 from seqtool.errors import CheckpointError, ConfigError, SeqtoolError, check
 from seqtool.export.ctranslate2 import MIN_POSITIONS, check_exported, import_ctranslate2, vocabulary
 from seqtool.runtime import decode_parallelism
 from seqtool.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from seqtool.decode.scoring import PairScore
 
 DEVICES = ("cpu", "cuda")
 
@@ -72,7 +82,7 @@ class CTranslate2Translator:
         `config` is the run's config (default: the schema's defaults), whose `decode` section gives the search
         defaults. The workers are CTranslate2's replicas, fixed when it loads, so the same for every search.
         """
-        ct2 = import_ctranslate2()
+        ct2 = self.ct2 = import_ctranslate2()
         check(device in DEVICES, f"unknown CTranslate2 device {device!r}", f"choose one of {', '.join(DEVICES)}")
         meta = check_exported(model_dir, tokenizer)
         self.positions: int = int(meta.get("positions", MIN_POSITIONS))
@@ -100,25 +110,45 @@ class CTranslate2Translator:
         cfg: SearchConfig,
         batch_tokens: int | None = None,
         max_input_len: int | None = None,
+        first_line: int = 0,
+        prefixes: Sequence[str] | None = None,
+        align: bool = False,
     ) -> list[list[Translation]]:
         """Translate lines; each gets its n-best list (one empty Translation for an empty line), in input order.
 
         As `Translator.translate`: lines go through `clean_line`, a line of more than `max_input_len` source pieces
         is cut to that many (its translations marked `truncated`), and translations go through `clean_line` too.
-        `batch_tokens` None is the config's decode.batch_tokens.
+        `batch_tokens` None is the config's decode.batch_tokens. Sampling (`cfg.sample`) passes the same options to
+        CTranslate2, seeded with `cfg.seed + first_line` per call: reproducible for the same input and batches, but
+        (unlike seqtool's engine) not independent of the batching. `prefixes` go to CTranslate2's `target_prefix`.
         """
+        if align:
+            raise SeqtoolError(
+                "--align needs --engine torch", "seqtool's engine aligns from the model's cross-attention"
+            )
+        if cfg.sample:
+            self.ct2.set_random_seed(cfg.seed + first_line)
         src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len)
-        hyps = self.translate_ids(src_ids, cfg, batch_tokens)
-        return decode_hypotheses(self.tokenizer, hyps, truncated)
+        hyps = self.translate_ids(src_ids, cfg, batch_tokens, encode_prefixes(self.tokenizer, prefixes, len(lines)))
+        return keep_prefixes(self.tokenizer, decode_hypotheses(self.tokenizer, hyps, truncated), prefixes)
 
     def translate_ids(
-        self, src_ids: Sequence[Sequence[int]], cfg: SearchConfig, batch_tokens: int | None = None
+        self,
+        src_ids: Sequence[Sequence[int]],
+        cfg: SearchConfig,
+        batch_tokens: int | None = None,
+        prefixes: Sequence[Sequence[int]] | None = None,
     ) -> list[list[Hypothesis]]:
         """As `translate.translate_ids`: each source's hypotheses (ids without </s>), best first by our GNMT score,
         in input order; an empty source gives []. `batch_tokens` None is the config's decode.batch_tokens."""
         if batch_tokens is None:
             batch_tokens = self.config.decode.batch_tokens
-        check(1 <= cfg.nbest <= cfg.beam, f"nbest must be between 1 and beam ({cfg.beam})", kind=ConfigError)
+        if cfg.sample:
+            from seqtool.decode.sampling import check_sampling_config
+
+            check_sampling_config(cfg)
+        else:
+            check(1 <= cfg.nbest <= cfg.beam, f"nbest must be between 1 and beam ({cfg.beam})", kind=ConfigError)
         longest = max((len(ids) for ids in src_ids), default=0)
         if longest + 1 > self.positions:
             raise ConfigError(
@@ -131,9 +161,15 @@ class CTranslate2Translator:
             [todo[j] for j in b] for b in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam)
         ]
         # every batch is handed to CTranslate2 at once: its `workers` replicas take them in parallel
-        pending = [self._submit([list(src_ids[i]) for i in rows], cfg) for rows in reversed(batches)]
+        prefixed = prefixes is not None and any(prefixes)
+        pending = [
+            self._submit(
+                [list(src_ids[i]) for i in rows], cfg, None if prefixes is None else [prefixes[i] for i in rows]
+            )
+            for rows in reversed(batches)
+        ]
         for rows, (pieces, limits, futures) in zip(reversed(batches), pending, strict=True):
-            for row, nbest in zip(rows, self._collect(pieces, limits, futures, cfg), strict=True):
+            for row, nbest in zip(rows, self._collect(pieces, limits, futures, cfg, prefixed), strict=True):
                 hyps[row] = [Hypothesis(tokens=ids, score=score, log_prob=lp) for ids, lp, score in nbest]
         return hyps
 
@@ -141,20 +177,64 @@ class CTranslate2Translator:
         """(workers, threads per worker): CTranslate2's replicas and their threads, the same for every search."""
         return self.workers, self.threads_per_worker
 
+    def score(
+        self,
+        sources: Sequence[str],
+        targets: Sequence[str],
+        normalize: str = "gnmt",
+        alpha: float | None = None,
+        batch_tokens: int | None = None,
+        max_len: int | None = None,
+    ) -> list[PairScore]:
+        """The model's score of each (source, target) pair, in order, by CTranslate2's `score_batch` (as
+        `Translator.score`)."""
+        from seqtool.decode.scoring import encode_pairs, finish_scores
+
+        dc = self.config.decode
+        limit = min(max_len or dc.max_input_len, self.positions - 1)
+        src_ids, tgt_ids, errors = encode_pairs(self.tokenizer, sources, targets, limit)
+        rows = [i for i, error in enumerate(errors) if error is None]
+        lengths = [max(len(src_ids[i]), len(tgt_ids[i])) for i in rows]
+        found: dict[int, float] = {}
+        for batch in length_batches(lengths, batch_tokens or dc.batch_tokens):
+            picked = [rows[j] for j in batch]
+            try:
+                scored = self.translator.score_batch(
+                    [[self.src_vocab[t] for t in src_ids[i]] for i in picked],
+                    [[self.tgt_vocab[t] for t in tgt_ids[i]] for i in picked],
+                    max_input_length=0,
+                )
+            except (RuntimeError, ValueError) as exc:
+                raise EngineError(f"CTranslate2 failed: {exc}") from None
+            for i, result in zip(picked, scored, strict=True):
+                found[i] = float(sum(result.log_probs))  # the target's pieces and </s>
+        return finish_scores(found, tgt_ids, errors, normalize, dc.length_penalty if alpha is None else alpha)
+
     def stream(self, cfg: SearchConfig, max_input_len: int | None = None) -> None:
         """None: CTranslate2 searches whole batches (a server decodes in rounds of `translate`)."""
         return None
 
-    def _submit(self, sources: list[list[int]], cfg: SearchConfig) -> tuple[list[list[str]], list[int], list[Any]]:
+    def _submit(
+        self, sources: list[list[int]], cfg: SearchConfig, prefixes: list[Sequence[int]] | None = None
+    ) -> tuple[list[list[str]], list[int], list[Any]]:
         """Start the search of one batch of source ids (without </s>): its pieces, length limits and async results."""
         # our limit: floor(a * src_len + b) target tokens before </s>, src_len counting the </s> of the source
         limits = [max(0, math.floor(cfg.max_len_a * (len(ids) + 1) + cfg.max_len_b)) for ids in sources]
         pieces = [[self.src_vocab[i] for i in ids] for ids in sources]
+        sampling: dict[str, Any] = {}
+        if prefixes is not None and any(prefixes):  # a prefix is never cut (as in our search)
+            limits = [max(limit, len(prefix)) for limit, prefix in zip(limits, prefixes, strict=True)]
+            sampling["target_prefix"] = [[self.tgt_vocab[i] for i in prefix] for prefix in prefixes]
+        if cfg.sample:  # CTranslate2's top-k 1 is greedy and 0 is every token
+            top_k = 1 if cfg.temperature == 0.0 else cfg.top_k
+            temperature = cfg.temperature or 1.0
+            sampling |= {"sampling_topk": top_k, "sampling_topp": cfg.top_p, "sampling_temperature": temperature}
         try:
             futures = self.translator.translate_batch(
                 pieces,
-                beam_size=cfg.beam,
-                num_hypotheses=cfg.beam,  # all of them, ranked by our length penalty in _collect
+                beam_size=1 if cfg.sample else cfg.beam,
+                num_hypotheses=cfg.nbest if cfg.sample else cfg.beam,  # beam: all, ranked by our penalty in _collect
+                **sampling,
                 length_penalty=self._alpha(cfg),
                 max_input_length=0,  # truncation is ours (max_input_len), done before
                 max_decoding_length=max(1, min(max(limits), self.positions)),
@@ -170,12 +250,14 @@ class CTranslate2Translator:
 
     @staticmethod
     def _alpha(cfg: SearchConfig) -> float:
-        return cfg.length_penalty if cfg.beam > 1 else 0.0  # our greedy search does not normalise its score
+        greedy_like = cfg.sample or cfg.beam == 1
+        return 0.0 if greedy_like else cfg.length_penalty  # our greedy search and sampling do not normalise
 
     def _collect(
-        self, pieces: list[list[str]], limits: list[int], futures: list[Any], cfg: SearchConfig
+        self, pieces: list[list[str]], limits: list[int], futures: list[Any], cfg: SearchConfig, prefixed: bool
     ) -> list[list[tuple[list[int], float, float]]]:
-        """(tokens, log_prob, score) n-best lists, best first, of a batch started by `_submit`."""
+        """(tokens, log_prob, score) n-best lists, best first, of a batch started by `_submit` (`prefixed`: with
+        target prefixes)."""
         alpha = self._alpha(cfg)
         try:
             results = [future.result() for future in futures]
@@ -190,13 +272,15 @@ class CTranslate2Translator:
                 ids = [self.tgt_index[t] for t in (tokens[:-1] if ended else tokens)]
                 generated = len(ids) + ended
                 log_prob = score * generated**alpha if generated else 0.0
-                if len(ids) >= limit:  # at (or past) the limit: ours would force </s> here
-                    ids = ids[:limit]
+                if len(ids) >= limit or cfg.sample or prefixed:  # at (or past) the limit: ours would force </s>
+                    ids = ids[:limit]  # (samples and prefixes: the log-probability of the whole output, by the model)
                     rescore.append((s, rank, ids))
                 nbest.append((ids, log_prob, gnmt_score(log_prob, len(ids) + 1, alpha)))
             nbests.append(nbest)
         if rescore:
             self._rescore(pieces, rescore, nbests, alpha)
+        if cfg.sample:
+            return nbests  # samples in the order drawn, repeats kept
         return [_unique(sorted(nbest, key=lambda hyp: -hyp[2]))[: cfg.nbest] for nbest in nbests]
 
     def _rescore(

@@ -43,7 +43,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from seqtool.config import LENGTH_PENALTY_KIND, NBEST, DecodeConfig
+from seqtool.config import (
+    LENGTH_PENALTY_KIND,
+    NBEST,
+    SAMPLE_SEED,
+    SAMPLE_TEMPERATURE,
+    SAMPLE_TOP_K,
+    SAMPLE_TOP_P,
+    DecodeConfig,
+)
 from seqtool.errors import ConfigError, check
 from seqtool.models.base import DecoderState, Seq2SeqModel
 
@@ -84,6 +92,16 @@ class SearchConfig:
     max_len_b: int = _DECODE.max_len_b
     length_penalty_kind: str = LENGTH_PENALTY_KIND  # a key of LENGTH_PENALTIES
     stop: str = _DECODE.stop  # early stopping of beam search: "heuristic" or "exact" (see the module docstring)
+    sample: bool = False  # sample instead of searching: `nbest` independent samples per sentence (see sampling.py)
+    top_k: int = SAMPLE_TOP_K  # sampling: only from the k likeliest tokens; 0 = all
+    top_p: float = SAMPLE_TOP_P  # sampling: only from the smallest set of tokens whose probability reaches p
+    temperature: float = SAMPLE_TEMPERATURE  # sampling: logits / temperature; 0 = the likeliest token (greedy)
+    seed: int = SAMPLE_SEED  # sampling: with the line number, the seed of each sentence's random draws
+
+    @property
+    def greedy_like(self) -> bool:
+        """Whether the search extends one hypothesis per row at a time (greedy search and sampling)."""
+        return self.sample or (self.beam == 1 and self.nbest == 1)
 
     @classmethod
     def from_decode(cls, decode: DecodeConfig, **overrides: Any) -> SearchConfig:
@@ -102,7 +120,8 @@ class SearchConfig:
         if unknown:
             raise TypeError(f"SearchConfig has no field(s) {', '.join(sorted(unknown))}")  # a programming error
         values.update({key: value for key, value in overrides.items() if value is not None})
-        values["beam"] = max(values["beam"], values.get("nbest", NBEST))
+        if not values.get("sample"):
+            values["beam"] = max(values["beam"], values.get("nbest", NBEST))
         return cls(**values)
 
 
@@ -146,15 +165,46 @@ def _next_log_probs(
     return lprobs.index_fill_(1, banned, -math.inf), state
 
 
+def force_prefix(lprobs: Tensor, prefix: Tensor, steps: Tensor | int) -> Tensor:
+    """`lprobs` (rows, vocab) where rows still inside their target prefix keep only the prefix's next token.
+
+    `prefix` (rows, longest) holds each row's forced target ids, padded with -1 after its end; `steps` is each row's
+    (or every row's) number of tokens so far. The kept token keeps its log-probability, so scores stay the model's.
+    """
+    if isinstance(steps, int):
+        if steps >= prefix.size(1):
+            return lprobs
+        wanted = prefix[:, steps]
+    else:
+        wanted = prefix.gather(1, steps.clamp(max=prefix.size(1) - 1).unsqueeze(1)).squeeze(1)
+        wanted = wanted.masked_fill(steps >= prefix.size(1), -1)
+    active = (wanted >= 0).unsqueeze(1)
+    index = wanted.clamp_min(0).unsqueeze(1)
+    forced = torch.full_like(lprobs, -math.inf).scatter_(1, index, lprobs.gather(1, index))
+    return torch.where(active, forced, lprobs)
+
+
+def prefix_lengths(prefix: Tensor | None, max_len: Tensor) -> Tensor:
+    """Maximum lengths raised to at least each sentence's prefix length (a prefix is never cut)."""
+    if prefix is None:
+        return max_len
+    return torch.maximum(max_len, (prefix >= 0).sum(1))
+
+
 @torch.inference_mode()
-def greedy_search(model: Seq2SeqModel, src: Tensor, max_len_a: float, max_len_b: int) -> list[list[Hypothesis]]:
-    """Batched greedy decoding: one hypothesis per sentence, in input order, with score = log_prob."""
+def greedy_search(
+    model: Seq2SeqModel, src: Tensor, max_len_a: float, max_len_b: int, prefix: Tensor | None = None
+) -> list[list[Hypothesis]]:
+    """Batched greedy decoding: one hypothesis per sentence, in input order, with score = log_prob.
+
+    `prefix` (batch, longest), -1 after each end: target ids each output must start with (see `force_prefix`).
+    """
     sp = model.specials
     batch, device = src.size(0), src.device
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     if batch == 0:
         return results
-    max_len = max_lengths(src, sp.pad, max_len_a, max_len_b)
+    max_len = prefix_lengths(prefix, max_lengths(src, sp.pad, max_len_a, max_len_b))
     state = model.init_state(model.encode(src))
     banned = _banned(model, device)
     tokens = src.new_full((batch, int(max_len.max())), sp.pad)  # (n, max target length)
@@ -164,6 +214,8 @@ def greedy_search(model: Seq2SeqModel, src: Tensor, max_len_a: float, max_len_b:
     t = 0
     while True:
         lprobs, state = _next_log_probs(model, prev, state, banned)
+        if prefix is not None:
+            lprobs = force_prefix(lprobs, prefix, t)
         tok = lprobs.argmax(-1).masked_fill_(max_len == t, sp.eos)
         log_prob = log_prob + lprobs.gather(1, tok.unsqueeze(1)).squeeze(1)
         done = tok == sp.eos
@@ -178,6 +230,7 @@ def greedy_search(model: Seq2SeqModel, src: Tensor, max_len_a: float, max_len_b:
             keep = (~done).nonzero().squeeze(1)
             state = model.reorder_state(state, keep)
             tokens, log_prob, sent, max_len, tok = tokens[keep], log_prob[keep], sent[keep], max_len[keep], tok[keep]
+            prefix = None if prefix is None else prefix[keep]
         tokens[:, t] = tok
         prev = tok
         t += 1
@@ -232,13 +285,16 @@ class BeamSearch:
         """Decoder rows (live sentences × beam)."""
         return self.live * self.k
 
-    def admit(self, src: Tensor, keys: Sequence[Any]) -> None:
-        """Add the sentences of a padded source batch (batch, src_len), each with its key, to the search."""
+    def admit(self, src: Tensor, keys: Sequence[Any], prefix: Tensor | None = None) -> None:
+        """Add the sentences of a padded source batch (batch, src_len), each with its key, to the search; `prefix`
+        (batch, longest), -1 after each end: target ids their outputs must start with (see `force_prefix`)."""
         batch, k, sp = src.size(0), self.k, self.model.specials
         if batch == 0:
             return
         neg_inf = -math.inf
-        max_len = max_lengths(src, sp.pad, self.cfg.max_len_a, self.cfg.max_len_b)
+        if prefix is None:
+            prefix = src.new_full((batch, 0), -1)
+        max_len = prefix_lengths(prefix, max_lengths(src, sp.pad, self.cfg.max_len_a, self.cfg.max_len_b))
         width = int(max_len.max())
         state = self.model.init_state(self.model.encode(src))
         state = self.model.expand_state(state, torch.arange(batch, device=self.device), k)
@@ -256,12 +312,14 @@ class BeamSearch:
             "max_len": max_len,
             "steps": torch.zeros(batch, dtype=torch.long, device=self.device),  # tokens in each live hypothesis
             "prev": src.new_full((batch * k,), sp.bos),
+            "prefix": prefix,
         }
         if self._state is None:
             self._state, self._live = state, new
         else:
             self._state = self.model.merge_states(self._state, state)
-            self._live = {key: _cat_padded(self._live[key], new[key], sp.pad) for key in new}
+            pads = {"tokens": sp.pad, "fin_tokens": sp.pad, "prefix": -1}
+            self._live = {key: _cat_padded(self._live[key], new[key], pads.get(key, 0)) for key in new}
         self.keys.extend(keys)
         widest = self._live["tokens"].size(2)
         if self._lp_table.numel() < widest + 3:  # lp_table[L] = penalty of a hypothesis of L tokens including </s>
@@ -280,6 +338,9 @@ class BeamSearch:
         lp_at_max = lp_table[max_len + 1] if cfg.stop == "exact" else torch.zeros_like(log_prob[:, 0])
 
         lprobs, state = _next_log_probs(self.model, live["prev"], self._state, self._banned)
+        prefix = live["prefix"]
+        if prefix.size(1):  # sentences inside their prefix: one candidate per beam (only beam 0 is live there)
+            lprobs = force_prefix(lprobs, prefix.repeat_interleave(k, 0), steps.repeat_interleave(k))
         vocab = lprobs.size(-1)
         cand = log_prob.unsqueeze(-1) + lprobs.view(n, k, vocab)  # (n, k, vocab)
         # 2k candidates: at most k of them end with </s> (one per beam), so k others remain to continue
@@ -319,6 +380,7 @@ class BeamSearch:
             steps, max_len = steps[keep], max_len[keep]
             fin_key, fin_log_prob, fin_tokens = fin_key[keep], fin_log_prob[keep], fin_tokens[keep]
             log_prob, beam, tok, tokens = log_prob[keep], beam[keep], tok[keep], tokens[keep]
+            prefix = prefix[keep]
             rows = (keep.nonzero() * k + beam).view(-1)
         else:
             rows = (torch.arange(n, device=self.device).unsqueeze(1) * k + beam).view(-1)
@@ -334,24 +396,30 @@ class BeamSearch:
             "max_len": max_len,
             "steps": steps + 1,
             "prev": tok.view(-1),
+            "prefix": prefix,
         }
         return finished
 
 
 def _cat_padded(first: Tensor, second: Tensor, pad: int) -> Tensor:
-    """Row-wise concatenation; token buffers (rows, k, width) of different widths are padded with `pad` first."""
-    if first.dim() == 3 and first.size(2) != second.size(2):
-        width = max(first.size(2), second.size(2))
-        first, second = (torch.cat([t, t.new_full((*t.shape[:2], width - t.size(2)), pad)], 2) for t in (first, second))
+    """Row-wise concatenation; buffers of different widths (their last dim: tokens, prefixes) are padded first."""
+    if first.dim() > 1 and first.size(-1) != second.size(-1):
+        width = max(first.size(-1), second.size(-1))
+        first, second = (
+            torch.cat([t, t.new_full((*t.shape[:-1], width - t.size(-1)), pad)], -1) for t in (first, second)
+        )
     return torch.cat([first, second])
 
 
 @torch.inference_mode()
-def beam_search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[list[Hypothesis]]:
-    """Batched beam search over batch x beam rows: `cfg.nbest` hypotheses per sentence, best first, in input order."""
+def beam_search(
+    model: Seq2SeqModel, src: Tensor, cfg: SearchConfig, prefix: Tensor | None = None
+) -> list[list[Hypothesis]]:
+    """Batched beam search over batch x beam rows: `cfg.nbest` hypotheses per sentence, best first, in input order
+    (`prefix`: see `BeamSearch.admit`)."""
     searcher = BeamSearch(model, cfg, src.device)
     results: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
-    searcher.admit(src, range(src.size(0)))
+    searcher.admit(src, range(src.size(0)), prefix)
     while searcher.live:
         for i, hyps in searcher.step():
             results[i] = hyps
@@ -376,11 +444,23 @@ def _collect(
     ]
 
 
-def search(model: Seq2SeqModel, src: Tensor, cfg: SearchConfig) -> list[list[Hypothesis]]:
-    """Greedy search when beam == nbest == 1, else beam search; `cfg.nbest` hypotheses per sentence, input order."""
+def search(
+    model: Seq2SeqModel,
+    src: Tensor,
+    cfg: SearchConfig,
+    lines: Sequence[int] | None = None,
+    prefix: Tensor | None = None,
+) -> list[list[Hypothesis]]:
+    """Sampling with `cfg.sample`, else greedy search when beam == nbest == 1, else beam search; `cfg.nbest`
+    hypotheses per sentence, in input order. `lines`: each sentence's line number, which seeds its samples (default:
+    its row); `prefix` (batch, longest), -1 after each end: target ids each output starts with."""
+    if cfg.sample:
+        from seqtool.decode.sampling import sample_search
+
+        return sample_search(model, src, cfg, range(src.size(0)) if lines is None else lines, prefix)
     if cfg.beam == 1 and cfg.nbest == 1:
-        return greedy_search(model, src, cfg.max_len_a, cfg.max_len_b)
-    return beam_search(model, src, cfg)
+        return greedy_search(model, src, cfg.max_len_a, cfg.max_len_b, prefix)
+    return beam_search(model, src, cfg, prefix)
 
 
 @torch.inference_mode()

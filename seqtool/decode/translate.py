@@ -12,6 +12,7 @@ import re
 from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from seqtool.errors import ConfigError, check
 from seqtool.models.base import Seq2SeqModel
 from seqtool.runtime import autocast, decode_parallelism, set_threads
 from seqtool.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from seqtool.decode.scoring import PairScore
 
 _DECODE = DecodeConfig()  # the defaults live in config.py only
 
@@ -55,6 +59,16 @@ def split_lines(data: bytes) -> tuple[list[str], int | None]:
     return [line.removesuffix("\r") for line in lines], bad_line
 
 
+def split_pairs(lines: Sequence[str]) -> tuple[list[str], list[str]]:
+    """`SOURCE<TAB>TARGET` lines -> sources and targets (split at the first TAB; no TAB: an empty target)."""
+    sources, targets = [], []
+    for line in lines:
+        source, _, target = line.partition("\t")
+        sources.append(source)
+        targets.append(target)
+    return sources, targets
+
+
 def length_batches(lengths: Sequence[int], batch_tokens: int, beam: int = 1) -> Iterator[list[int]]:
     """Indices sorted by length, grouped so that rows × longest × beam stays within the token budget."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
@@ -79,8 +93,13 @@ def translate_ids(
     device: torch.device | None = None,
     precision: str = "fp32",
     workers: int = 1,
+    first_line: int = 0,
+    prefixes: Sequence[Sequence[int]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Search every source (ids without </s>) and return its hypotheses in input order; empty sources give [].
+
+    Source i is line `first_line + i` of the input, which seeds its samples when `cfg.sample` (see sampling.py);
+    with `prefixes`, its outputs start with the target ids `prefixes[i]` (the rest is searched).
 
     With `workers` > 1, that many batches are searched at once, each in its own thread. On a CPU this pays for beam
     search when each worker has its own core (torch.set_num_threads(cores // workers)): a small model's ops are too
@@ -97,8 +116,11 @@ def translate_ids(
     @torch.inference_mode()
     def search_batch(rows: list[int]) -> list[list[Hypothesis]]:
         src = pad_sequences([src_ids[i] for i in rows], model.specials.pad, suffix=model.specials.eos).to(device)
+        prefix = None
+        if prefixes is not None and any(prefixes[i] for i in rows):
+            prefix = pad_sequences([prefixes[i] for i in rows], -1).to(device)
         with autocast(device, precision):  # autocast and inference mode are per thread: set here
-            return search(model, src, cfg)
+            return search(model, src, cfg, [first_line + i for i in rows], prefix)
 
     if workers == 1 or len(batches) < 2:
         found = map(search_batch, batches)
@@ -129,6 +151,7 @@ class Translation:
     log_prob: float
     score: float
     truncated: bool = False  # the source line was cut to `max_input_len` pieces before the search
+    alignment: str | None = None  # Pharaoh word alignment, when asked for (see `seqtool.decode.alignment`)
 
 
 def encode_sources(
@@ -144,6 +167,33 @@ def encode_sources(
     src_ids = tokenizer.src.encode(clean_line(line) for line in lines)
     truncated = [max_input_len is not None and len(ids) > max_input_len for ids in src_ids]
     return [ids[:max_input_len] for ids in src_ids], truncated
+
+
+def encode_prefixes(tokenizer: Tokenizer, prefixes: Sequence[str] | None, lines: int) -> list[list[int]] | None:
+    """Both engines' target prefixes: the target pieces of each (cleaned) prefix text, or None without prefixes."""
+    if prefixes is None:
+        return None
+    check(len(prefixes) == lines, f"{len(prefixes)} prefixes for {lines} lines", kind=ConfigError)
+    return tokenizer.tgt.encode(clean_line(prefix) for prefix in prefixes)
+
+
+def keep_prefixes(
+    tokenizer: Tokenizer, results: list[list[Translation]], prefixes: Sequence[str] | None
+) -> list[list[Translation]]:
+    """Both engines: each translation starts with its prefix text verbatim, even where the prefix's pieces do not
+    decode back to it (characters outside the vocabulary, normalisation): their decoding is replaced by the text."""
+    if prefixes is None:
+        return results
+    for nbest, prefix in zip(results, prefixes, strict=True):
+        prefix = clean_line(prefix)
+        if not prefix:
+            continue
+        (decoded,) = tokenizer.tgt.decode(tokenizer.tgt.encode([prefix]))
+        for translation in nbest:
+            if translation.text and not translation.text.startswith(prefix):
+                rest = translation.text[len(decoded) :] if translation.text.startswith(decoded) else translation.text
+                translation.text = prefix + rest
+    return results
 
 
 def decode_hypotheses(
@@ -200,8 +250,7 @@ class Translator:
 
     def parallelism(self, cfg: SearchConfig) -> tuple[int, int]:
         """(workers, threads per worker) of a search with `cfg` (see `decode_parallelism`)."""
-        greedy = cfg.beam == 1 and cfg.nbest == 1
-        return decode_parallelism(self.threads, self.workers, self.device.type == "cpu", greedy)
+        return decode_parallelism(self.threads, self.workers, self.device.type == "cpu", cfg.greedy_like)
 
     def translate(
         self,
@@ -209,25 +258,81 @@ class Translator:
         cfg: SearchConfig,
         batch_tokens: int | None = None,
         max_input_len: int | None = None,
+        first_line: int = 0,
+        prefixes: Sequence[str] | None = None,
+        align: bool = False,
     ) -> list[list[Translation]]:
         """Translate lines; each gets its n-best list (one empty Translation for an empty line), in input order.
 
         Lines go through `clean_line` first. A line of more than `max_input_len` source pieces (None: no limit) is
         cut to that many before the search; its translations are marked `truncated`. Translations go through
         `clean_line` too, so none holds a line break (a target model with byte pieces could decode one).
-        `batch_tokens` None is the config's decode.batch_tokens.
+        `batch_tokens` None is the config's decode.batch_tokens. Line i is line `first_line + i` of the input (it seeds
+        its samples with `cfg.sample`). With `prefixes`, the translations of line i start with the target text
+        `prefixes[i]` ("" for none); only the rest is searched. With `align`, each translation gets its word
+        alignment to the source (see `seqtool.decode.alignment`).
         """
         src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len)
         workers, threads_per_worker = self.parallelism(cfg)
         if torch.get_num_threads() != threads_per_worker:
             set_threads(threads_per_worker)  # process-wide: the threads of each worker
         budget = self.config.decode.batch_tokens if batch_tokens is None else batch_tokens
-        hyps = translate_ids(self.model, src_ids, cfg, budget, self.device, self.precision, workers)
-        return decode_hypotheses(self.tokenizer, hyps, truncated)
+        prefix_ids = encode_prefixes(self.tokenizer, prefixes, len(lines))
+        hyps = translate_ids(
+            self.model, src_ids, cfg, budget, self.device, self.precision, workers, first_line, prefix_ids
+        )
+        results = keep_prefixes(self.tokenizer, decode_hypotheses(self.tokenizer, hyps, truncated), prefixes)
+        if align:
+            self._align(src_ids, hyps, results)
+        return results
+
+    def _align(
+        self, src_ids: Sequence[Sequence[int]], hyps: Sequence[Sequence[Hypothesis]], results: list[list[Translation]]
+    ) -> None:
+        """Fill in the word alignment of every translation of `results` (the hypotheses `hyps` of `src_ids`)."""
+        from seqtool.decode.alignment import align_translations
+
+        pairs = [(i, j) for i, nbest in enumerate(hyps) for j in range(len(nbest))]
+        found = align_translations(
+            self.model,
+            self.tokenizer,
+            [src_ids[i] for i, _ in pairs],
+            [hyps[i][j].tokens for i, j in pairs],
+            self.device,
+            self.precision,
+        )
+        for (i, j), alignment in zip(pairs, found, strict=True):
+            results[i][j].alignment = alignment
+        for nbest in results:
+            for translation in nbest:
+                if translation.alignment is None:
+                    translation.alignment = ""
+
+    def score(
+        self,
+        sources: Sequence[str],
+        targets: Sequence[str],
+        normalize: str = "gnmt",
+        alpha: float | None = None,
+        batch_tokens: int | None = None,
+        max_len: int | None = None,
+    ) -> list[PairScore]:
+        """The model's score of each (source, target) pair, in order (see `seqtool.decode.scoring`); `alpha` None is
+        the config's decode.length_penalty, `max_len` None its decode.max_input_len."""
+        from seqtool.decode.scoring import encode_pairs, finish_scores, score_ids
+
+        dc = self.config.decode
+        src_ids, tgt_ids, errors = encode_pairs(self.tokenizer, sources, targets, max_len or dc.max_input_len)
+        rows = [i for i, error in enumerate(errors) if error is None]
+        set_threads(self.threads)
+        budget = batch_tokens or dc.batch_tokens
+        found = score_ids(self.model, src_ids, tgt_ids, rows, budget, self.device, self.precision)
+        return finish_scores(found, tgt_ids, errors, normalize, dc.length_penalty if alpha is None else alpha)
 
     def stream(self, cfg: SearchConfig, max_input_len: int | None = None) -> TranslationStream | None:
-        """A beam search that lines may join while it runs (see `TranslationStream`); None for greedy search."""
-        if cfg.beam == 1 and cfg.nbest == 1:
+        """A beam search that lines may join while it runs (see `TranslationStream`); None for greedy search and
+        sampling."""
+        if cfg.greedy_like:
             return None
         return TranslationStream(self, cfg, max_input_len)
 
@@ -300,11 +405,16 @@ def format_translations(
     results: Sequence[Sequence[Translation]], nbest: int = 1, scores: bool = False, first_line: int = 1
 ) -> list[str]:
     """Output lines: the best text per input line; with scores, `TEXT<TAB>LOG_PROB`; with nbest > 1, up to `nbest`
-    lines per input line as `LINE<TAB>TEXT<TAB>SCORE` (LINE counts input lines from `first_line`)."""
+    lines per input line as `LINE<TAB>TEXT<TAB>SCORE` (LINE counts input lines from `first_line`). Translations with
+    an alignment get it as a last column."""
+
+    def align(t: Translation) -> str:
+        return "" if t.alignment is None else f"\t{t.alignment}"
+
     if nbest == 1:
-        return [f"{r[0].text}\t{r[0].log_prob:.4f}" if scores else r[0].text for r in results]
+        return [(f"{r[0].text}\t{r[0].log_prob:.4f}" if scores else r[0].text) + align(r[0]) for r in results]
     return [
-        f"{number}\t{t.text}\t{t.score:.4f}"
+        f"{number}\t{t.text}\t{t.score:.4f}{align(t)}"
         for number, nbest_list in enumerate(results, start=first_line)
         for t in nbest_list[:nbest]
     ]

@@ -122,6 +122,7 @@ def load_models(spec: ServeSpec) -> dict[str, ServedModel]:
                 spec.limits.max_wait_ms,
                 translator.config.decode.max_input_len,
                 lambda lines, tok=tokenizer: [len(ids) for ids in tok.src.encode(lines)],
+                continuous=spec.limits.batching == "continuous",
             )
             info = dataclasses.asdict(run_info(model.run_dir))
             info.pop("changed_from_defaults", None)

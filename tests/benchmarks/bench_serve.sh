@@ -2,7 +2,7 @@
 # `seqtool serve` under load beside offline `seqtool translate` of the same sentences, in one sitting, loopback only:
 #   RUN=runs/bench-seqtool-bf16 bash tests/benchmarks/bench_serve.sh          (make bench-serve)
 #   ENGINES="torch ctranslate2"   CLIENTS="1 8 32 64"   BEAM=5   THREADS=2   REPEAT=2
-#   INPUT=../shared/data/wesnoth-en-de/test.en   OUT=$RUN/bench-serve   PORT=8090
+#   INPUT=../shared/data/wesnoth-en-de/test.en   OUT=$RUN/bench-serve   PORT=8090   BATCHING=rounds|continuous
 # For each engine: offline translate REPEAT times (median seconds, peak RSS), then one server and, for each client
 # count, every input line sent once as its own request (tests/benchmarks/load_serve.py); the matmul probe of
 # ../shared/bench beside each measurement. The CTranslate2 engine uses an int8 export (made if missing).
@@ -18,6 +18,7 @@ REPEAT=${REPEAT:-2}
 INPUT=${INPUT:-../shared/data/wesnoth-en-de/test.en}
 OUT=${OUT:-$RUN/bench-serve}
 PORT=${PORT:-8090}
+BATCHING=${BATCHING:-rounds}
 PY=.venv/bin/python
 SEQTOOL=.venv/bin/seqtool
 PROBE="$PY ../shared/bench/bench_lib.py cpu-probe --threads $THREADS"
@@ -29,7 +30,7 @@ probe() { $PROBE > "$OUT/probe.$1.json" 2>/dev/null || echo '{}' > "$OUT/probe.$
 
 for engine in $ENGINES; do
   flags=(--beam "$BEAM" --threads "$THREADS")
-  serve_flags=(--threads "$THREADS")
+  serve_flags=(--threads "$THREADS" --batching "$BATCHING")
   if [ "$engine" = ctranslate2 ]; then
     [ -d "$RUN/ct2-int8" ] || "$SEQTOOL" export "$RUN" --format ctranslate2 --quantization int8 -o "$RUN/ct2-int8" >&2
     flags+=(--engine ctranslate2 --ct2-model "$RUN/ct2-int8")

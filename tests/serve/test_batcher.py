@@ -72,9 +72,8 @@ class ScriptedEngine:
 
 
 def _batcher(engine: ScriptedEngine) -> Batcher:
-    return Batcher(
-        engine, max_batch_tokens=4000, max_wait_ms=1, max_input_len=100, count_tokens=lambda ls: [3] * len(ls)
-    )
+    count = lambda lines: [3] * len(lines)  # noqa: E731
+    return Batcher(engine, max_batch_tokens=4000, max_wait_ms=1, max_input_len=100, count_tokens=count, continuous=True)
 
 
 def test_a_short_line_joins_a_running_search_and_leaves_before_the_long_one() -> None:

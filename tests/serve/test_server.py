@@ -221,6 +221,28 @@ def test_concurrent_clients_are_decoded_in_shared_batches(server: Server, run: P
     assert after["most_lines_together"] >= 8, after  # decoded together, not one by one
 
 
+def test_continuous_batching_gives_the_offline_translations(run: Path, tiny_corpus: dict) -> None:
+    """`--batching continuous`: lines join a running beam search; each answer is still the offline translation."""
+    lines = tiny_corpus["test.en"].read_text(encoding="utf-8").splitlines()[:30]
+    srv = Server(str(run), "--quantize", "none", "--threads", "2", "--batching", "continuous").wait_ready()
+    try:
+        barrier = threading.Barrier(30)
+
+        def one(line: str) -> str:
+            barrier.wait()
+            body = httpx.post(srv.url + "/v1/translate", json={"text": [line], "beam": 3}, timeout=120).json()
+            return body["translations"][0]["text"]
+
+        with ThreadPoolExecutor(30) as pool:
+            answers = list(pool.map(one, lines))
+        assert answers == offline(run, lines, "--beam", "3")
+        model = httpx.get(srv.url + "/v1/models").json()["models"][0]
+        assert model["sentences"] == 30 and model["most_lines_together"] >= 8, model
+    finally:
+        code, err = srv.stop()
+    assert code == 0, err
+
+
 def test_a_client_that_goes_away_does_not_break_the_batch(server: Server, run: Path) -> None:
     long = {"text": [SENTENCES[0]] * 200, "beam": 8}
     with pytest.raises(httpx.TimeoutException):

@@ -156,3 +156,37 @@ def test_learns_to_reverse_through_train_and_translate(
         assert len(hyps) == len(refs), label
         wrong = [(h, r) for h, r in zip(hyps, refs, strict=True) if h != r]
         assert len(wrong) <= 0.01 * len(refs), f"{name}, {label}: {len(wrong)} of {len(refs)} wrong: {wrong[:5]}"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_alignments_of_a_learnt_reversal_are_the_anti_diagonal(
+    name: str, runs: dict[str, Path], corpus: dict[str, Path]
+) -> None:
+    """`translate --align`: word i of n is linked to word n-1-i, for at least 95% of the links."""
+    proc = seqtool("translate", str(runs[name]), "-i", str(corpus["test.src"]), "--threads", "1", "--align")
+    sources = corpus["test.src"].read_text(encoding="utf-8").splitlines()
+    rows = [line.split("\t") for line in finish(proc).splitlines()]
+    assert len(rows) == len(sources)
+    links = anti = 0
+    for source, (_, alignment) in zip(sources, rows, strict=True):
+        n = len(source.split())
+        for pair in alignment.split():
+            i, j = map(int, pair.split("-"))
+            links += 1
+            anti += j == n - 1 - i
+    assert links >= sum(len(s.split()) for s in sources)  # every target word has a link
+    assert anti >= 0.95 * links, f"{name}: {anti} of {links} links on the anti-diagonal"
+
+
+def test_score_prefers_the_references_to_shuffled_ones(runs: dict[str, Path], corpus: dict[str, Path]) -> None:
+    """`seqtool score` under the learnt Transformer: each test reference far above another sentence's reference."""
+    refs = corpus["test.tgt"].read_text(encoding="utf-8").splitlines()
+    shuffled = corpus["test.tgt"].with_suffix(".shuffled")
+    shuffled.write_text("".join(line + "\n" for line in refs[1:] + refs[:1]), encoding="utf-8")
+    averages = []
+    for tgt in (corpus["test.tgt"], shuffled):
+        args = ("--src", str(corpus["test.src"]), "--tgt", str(tgt), "--normalize", "avg", "--threads", "1")
+        rows = [line.split("\t") for line in finish(seqtool("score", str(runs["transformer"]), *args)).splitlines()]
+        assert len(rows) == len(refs) and all(row[0] != "NA" for row in rows)
+        averages.append(sum(float(row[1]) for row in rows) / len(rows))
+    assert averages[0] > -0.1 and averages[1] < averages[0] - 1.0, averages  # per token: near 0 against far below
