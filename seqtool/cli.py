@@ -446,7 +446,7 @@ def translate(
 
     Example (ensemble): seqtool translate runs/a runs/b --weights 0.6,0.4 < test.en > hyp.de
 
-    Example (target prefix): printf 'Open the file\tÖffnen\n' | seqtool translate runs/demo --prefix
+    Example (target prefix): printf 'Open the file\\tÖffnen\\n' | seqtool translate runs/demo --prefix
     """
     from seqtool.decode import load_translator
     from seqtool.decode.search import SearchConfig

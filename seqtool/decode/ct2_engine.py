@@ -158,7 +158,8 @@ class CTranslate2Translator:
         hyps: list[list[Hypothesis]] = [[] for _ in src_ids]
         todo = [i for i, ids in enumerate(src_ids) if ids]
         batches = [
-            [todo[j] for j in b] for b in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam)
+            [todo[j] for j in b]
+            for b in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.rows_per_sentence)
         ]
         # every batch is handed to CTranslate2 at once: its `workers` replicas take them in parallel
         prefixed = prefixes is not None and any(prefixes)

@@ -47,13 +47,15 @@ def _mix32(h: Tensor) -> Tensor:
     return h ^ (h >> 16)
 
 
-def uniform_noise(seed: int, lines: Tensor, samples: Tensor, step: int, vocab: int) -> Tensor:
-    """Uniform numbers in (0, 1), (rows, vocab) float64: a hash of (seed, line, sample, step, token) each."""
+def uniform_noise(seed: int, lines: Tensor, samples: Tensor, step: int, tokens: Tensor | int) -> Tensor:
+    """Uniform numbers in (0, 1), float64: a hash of (seed, line, sample, step, token) each, for `tokens` (rows, m)
+    token ids, or every id of a vocabulary of that size (an int) -> (rows, vocab)."""
     key = _mix32(torch.full_like(lines, seed & _MASK32) + _GOLDEN)
     for part in (lines, samples, torch.full_like(lines, step)):
         key = _mix32(key ^ _mix32(part + _GOLDEN))
-    tokens = _mix32(torch.arange(vocab, device=lines.device) * _GOLDEN)
-    return (_mix32(key[:, None] ^ tokens[None, :]).double() + 0.5) / 2.0**32
+    if isinstance(tokens, int):
+        tokens = torch.arange(tokens, device=lines.device)[None, :]
+    return (_mix32(key[:, None] ^ _mix32(tokens * _GOLDEN)).double() + 0.5) / 2.0**32
 
 
 def sampling_logits(lprobs: Tensor, cfg: SearchConfig) -> Tensor:
@@ -72,12 +74,28 @@ def sampling_logits(lprobs: Tensor, cfg: SearchConfig) -> Tensor:
 
 
 def draw(lprobs: Tensor, cfg: SearchConfig, lines: Tensor, samples: Tensor, step: int) -> Tensor:
-    """The next token of each row (rows,), drawn from `lprobs` (rows, vocab) as `cfg` says."""
+    """The next token of each row (rows,), drawn from `lprobs` (rows, vocab) as `cfg` says (`sampling_logits`).
+
+    With top-k, only the k candidates are tempered and get noise (the others cannot win): the same draw, cheaper.
+    """
     if cfg.temperature == 0.0:
         return lprobs.argmax(-1)
-    noise = uniform_noise(cfg.seed, lines, samples, step, lprobs.size(-1))
-    gumbel = -torch.log(-torch.log(noise))
-    return (sampling_logits(lprobs.double(), cfg) + gumbel).argmax(-1)
+    if 0 < cfg.top_k < lprobs.size(-1):
+        values, candidates = lprobs.topk(cfg.top_k, dim=-1)  # sorted, likeliest first
+        logits = _nucleus(values.double() / cfg.temperature, cfg.top_p)
+    else:
+        logits = sampling_logits(lprobs.double(), cfg)
+        candidates = torch.arange(logits.size(-1), device=logits.device).expand_as(logits)
+    gumbel = -torch.log(-torch.log(uniform_noise(cfg.seed, lines, samples, step, candidates)))
+    return candidates.gather(1, (logits + gumbel).argmax(-1, keepdim=True)).squeeze(1)
+
+
+def _nucleus(sorted_logits: Tensor, top_p: float) -> Tensor:
+    """Logits sorted likeliest first, -inf after the smallest prefix whose probability reaches `top_p`."""
+    if top_p >= 1.0:
+        return sorted_logits
+    probs = sorted_logits.softmax(-1)
+    return sorted_logits.masked_fill(probs.cumsum(-1) - probs >= top_p, -math.inf)
 
 
 @torch.inference_mode()

@@ -99,6 +99,11 @@ class SearchConfig:
     seed: int = SAMPLE_SEED  # sampling: with the line number, the seed of each sentence's random draws
 
     @property
+    def rows_per_sentence(self) -> int:
+        """Decoder rows a sentence takes: its beam, or its samples when sampling (for token budgets)."""
+        return self.nbest if self.sample else self.beam
+
+    @property
     def greedy_like(self) -> bool:
         """Whether the search extends one hypothesis per row at a time (greedy search and sampling)."""
         return self.sample or (self.beam == 1 and self.nbest == 1)

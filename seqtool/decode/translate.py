@@ -110,7 +110,8 @@ def translate_ids(
     results: list[list[Hypothesis]] = [[] for _ in src_ids]
     todo = [i for i, ids in enumerate(src_ids) if len(ids) > 0]
     batches = [
-        [todo[j] for j in batch] for batch in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.beam)
+        [todo[j] for j in batch]
+        for batch in length_batches([len(src_ids[i]) for i in todo], batch_tokens, cfg.rows_per_sentence)
     ]
 
     @torch.inference_mode()
@@ -250,7 +251,8 @@ class Translator:
 
     def parallelism(self, cfg: SearchConfig) -> tuple[int, int]:
         """(workers, threads per worker) of a search with `cfg` (see `decode_parallelism`)."""
-        return decode_parallelism(self.threads, self.workers, self.device.type == "cpu", cfg.greedy_like)
+        greedy = cfg.greedy_like and not cfg.sample  # sampling gains from parallel batches (measured 1.46x)
+        return decode_parallelism(self.threads, self.workers, self.device.type == "cpu", greedy)
 
     def translate(
         self,

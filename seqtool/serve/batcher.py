@@ -103,7 +103,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         request = _Request(search, [None] * len(lines), loop.create_future(), loop, left=len(lines))
         for i, (line, count) in enumerate(zip(lines, self.count_tokens(lines), strict=True)):
-            request.waiting.append((i, line, (min(count, self.max_input_len) + 1) * search.beam))
+            request.waiting.append((i, line, (min(count, self.max_input_len) + 1) * search.rows_per_sentence))
         with self._cond:
             if self._closing:
                 raise RuntimeError("the server is shutting down")
