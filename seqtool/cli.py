@@ -318,15 +318,25 @@ class Quantize(str, Enum):
     int8 = "int8"
 
 
+# the options the decoding commands (translate, score, serve) share
+RunDirs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Run directory written by `seqtool train`; several make an ensemble (same vocabularies).",
+        metavar="RUN_DIR...",
+    ),
+]
+CheckpointOption = Annotated[str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")]
+DeviceOption = Annotated[Device, typer.Option(help="Where to run.")]
+PrecisionOption = Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")]
+Ct2ModelOption = Annotated[
+    Path | None, typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2).")
+]
+
+
 @app.command()
 def translate(
-    run_dirs: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Run directory written by `seqtool train`; several make an ensemble (same vocabularies).",
-            metavar="RUN_DIR...",
-        ),
-    ],
+    run_dirs: RunDirs,
     input: Annotated[Path | None, typer.Option("--input", "-i", help="Input file (default: stdin).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
     beam: Annotated[
@@ -357,11 +367,9 @@ def translate(
         int | None,
         typer.Option(help="Source pieces per line; longer lines are truncated (default: decode.max_input_len).", min=1),
     ] = None,
-    checkpoint: Annotated[
-        str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")
-    ] = _DECODE.checkpoint,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device(_DECODE.device),
-    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision(_DECODE.precision),
+    checkpoint: CheckpointOption = _DECODE.checkpoint,
+    device: DeviceOption = Device(_DECODE.device),
+    precision: PrecisionOption = Precision(_DECODE.precision),
     threads: Annotated[int, typer.Option(help="CPU threads in all (0 = one per core).", min=0)] = _DECODE.threads,
     workers: Annotated[
         int,
@@ -375,10 +383,7 @@ def translate(
         Engine,
         typer.Option(help="torch (seqtool's own search), or ctranslate2 (a model written by `seqtool export`)."),
     ] = Engine(_DECODE.engine),
-    ct2_model: Annotated[
-        Path | None,
-        typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2)."),
-    ] = _DECODE.ct2_model,
+    ct2_model: Ct2ModelOption = _DECODE.ct2_model,
     quantize: Annotated[
         Quantize,
         typer.Option(
@@ -504,13 +509,7 @@ class Normalize(str, Enum):
 
 @app.command()
 def score(
-    run_dirs: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Run directory written by `seqtool train`; several make an ensemble (same vocabularies).",
-            metavar="RUN_DIR...",
-        ),
-    ],
+    run_dirs: RunDirs,
     src: Annotated[Path | None, typer.Option("--src", help="Source file (with --tgt; default: stdin).")] = None,
     tgt: Annotated[Path | None, typer.Option("--tgt", help="Target file, line-aligned with --src.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: stdout).")] = None,
@@ -531,18 +530,14 @@ def score(
         ),
     ] = None,
     batch_tokens: Annotated[int | None, typer.Option(help="Token budget per batch.", min=1)] = None,
-    checkpoint: Annotated[
-        str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")
-    ] = _DECODE.checkpoint,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device(_DECODE.device),
-    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision(_DECODE.precision),
+    checkpoint: CheckpointOption = _DECODE.checkpoint,
+    device: DeviceOption = Device(_DECODE.device),
+    precision: PrecisionOption = Precision(_DECODE.precision),
     threads: Annotated[int, typer.Option(help="CPU threads (0 = one per core).", min=0)] = _DECODE.threads,
     engine: Annotated[
         Engine, typer.Option(help="torch, or ctranslate2 (a model written by `seqtool export`).")
     ] = Engine(_DECODE.engine),
-    ct2_model: Annotated[
-        Path | None, typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2).")
-    ] = _DECODE.ct2_model,
+    ct2_model: Ct2ModelOption = _DECODE.ct2_model,
     align: Annotated[
         bool,
         typer.Option(
@@ -657,17 +652,13 @@ def serve(
     engine: Annotated[
         Engine, typer.Option(help="torch, or ctranslate2 (a model written by `seqtool export`).")
     ] = Engine(_DECODE.engine),
-    ct2_model: Annotated[
-        Path | None, typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2).")
-    ] = _DECODE.ct2_model,
+    ct2_model: Ct2ModelOption = _DECODE.ct2_model,
     quantize: Annotated[
         Quantize, typer.Option(help="As translate's --quantize (auto: int8 for a Transformer on an AVX-512 CPU).")
     ] = Quantize(_DECODE.quantize),
-    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")] = Precision(_DECODE.precision),
-    checkpoint: Annotated[
-        str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")
-    ] = _DECODE.checkpoint,
-    device: Annotated[Device, typer.Option(help="Where to run.")] = Device(_DECODE.device),
+    precision: PrecisionOption = Precision(_DECODE.precision),
+    checkpoint: CheckpointOption = _DECODE.checkpoint,
+    device: DeviceOption = Device(_DECODE.device),
     threads: Annotated[
         int, typer.Option(help="CPU threads in all (0 = one per core, shared out among --workers).", min=0)
     ] = _DECODE.threads,
@@ -860,9 +851,7 @@ def attention(
         int | None, typer.Option(help="Transformer attention head (default: the average over heads).", min=0)
     ] = None,
     beam: Annotated[int | None, typer.Option(help="Beam size (default: the config's decode.beam).", min=1)] = None,
-    checkpoint: Annotated[
-        str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")
-    ] = _DECODE.checkpoint,
+    checkpoint: CheckpointOption = _DECODE.checkpoint,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
     """Translate one sentence and draw its cross-attention as a heatmap (source pieces across, output pieces down).

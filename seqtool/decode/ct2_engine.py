@@ -189,27 +189,31 @@ class CTranslate2Translator:
     ) -> list[PairScore]:
         """The model's score of each (source, target) pair, in order, by CTranslate2's `score_batch` (as
         `Translator.score`)."""
-        from seqtool.decode.scoring import encode_pairs, finish_scores
+        from seqtool.decode.scoring import score_pairs
 
         dc = self.config.decode
-        limit = min(max_len or dc.max_input_len, self.positions - 1)
-        src_ids, tgt_ids, errors = encode_pairs(self.tokenizer, sources, targets, limit)
-        rows = [i for i, error in enumerate(errors) if error is None]
-        lengths = [max(len(src_ids[i]), len(tgt_ids[i])) for i in rows]
-        found: dict[int, float] = {}
-        for batch in length_batches(lengths, batch_tokens or dc.batch_tokens):
-            picked = [rows[j] for j in batch]
-            try:
-                scored = self.translator.score_batch(
-                    [[self.src_vocab[t] for t in src_ids[i]] for i in picked],
-                    [[self.tgt_vocab[t] for t in tgt_ids[i]] for i in picked],
-                    max_input_length=0,
-                )
-            except (RuntimeError, ValueError) as exc:
-                raise EngineError(f"CTranslate2 failed: {exc}") from None
-            for i, result in zip(picked, scored, strict=True):
-                found[i] = float(sum(result.log_probs))  # the target's pieces and </s>
-        return finish_scores(found, tgt_ids, errors, normalize, dc.length_penalty if alpha is None else alpha)
+        return score_pairs(
+            self.tokenizer,
+            sources,
+            targets,
+            self._score_batch,
+            normalize,
+            dc.length_penalty if alpha is None else alpha,
+            batch_tokens or dc.batch_tokens,
+            min(max_len or dc.max_input_len, self.positions - 1),
+        )
+
+    def _score_batch(self, src_ids: list[Sequence[int]], tgt_ids: list[Sequence[int]]) -> list[float]:
+        """The log-probability of each target's pieces and </s> (a `scoring.BatchScorer`), by `score_batch`."""
+        try:
+            scored = self.translator.score_batch(
+                [[self.src_vocab[t] for t in ids] for ids in src_ids],
+                [[self.tgt_vocab[t] for t in ids] for ids in tgt_ids],
+                max_input_length=0,
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(f"CTranslate2 failed: {exc}") from None
+        return [float(sum(result.log_probs)) for result in scored]
 
     def stream(self, cfg: SearchConfig, max_input_len: int | None = None) -> None:
         """None: CTranslate2 searches whole batches (a server decodes in rounds of `translate`)."""

@@ -11,7 +11,7 @@ is still printed, marked, so the output never shifts against the input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +83,60 @@ def finish_scores(
     return out
 
 
+BatchScorer = Callable[[list[Sequence[int]], list[Sequence[int]]], list[float]]
+"""An engine's scorer: source ids and target ids of one batch -> the log-probability of each target and </s>."""
+
+
+def score_pairs(
+    tokenizer: Tokenizer,
+    sources: Sequence[str],
+    targets: Sequence[str],
+    score_batch: BatchScorer,
+    normalize: str,
+    alpha: float,
+    batch_tokens: int,
+    max_len: int,
+) -> list[PairScore]:
+    """Both engines' `score`: encode the pairs, score the scorable ones with the engine's `score_batch` in
+    length-sorted token-budget batches, and normalise."""
+    src_ids, tgt_ids, errors = encode_pairs(tokenizer, sources, targets, max_len)
+    rows = [i for i, error in enumerate(errors) if error is None]
+    found = score_rows(src_ids, tgt_ids, rows, batch_tokens, score_batch)
+    return finish_scores(found, tgt_ids, errors, normalize, alpha)
+
+
+def score_rows(
+    src_ids: Sequence[Sequence[int]],
+    tgt_ids: Sequence[Sequence[int]],
+    rows: Sequence[int],
+    batch_tokens: int,
+    score_batch: BatchScorer,
+) -> dict[int, float]:
+    """The log-probabilities of pairs `rows`, scored by `score_batch` in length-sorted token-budget batches."""
+    found: dict[int, float] = {}
+    lengths = [max(len(src_ids[i]), len(tgt_ids[i])) for i in rows]
+    for batch in length_batches(lengths, batch_tokens):
+        picked = [rows[j] for j in batch]
+        scored = score_batch([src_ids[i] for i in picked], [tgt_ids[i] for i in picked])
+        found.update(zip(picked, scored, strict=True))
+    return found
+
+
+def forced_log_probs(
+    model: Seq2SeqModel,
+    src_ids: Sequence[Sequence[int]],
+    tgt_ids: Sequence[Sequence[int]],
+    device: torch.device,
+    precision: str = "fp32",
+) -> list[float]:
+    """seqtool's `BatchScorer`: the teacher-forced log-probability of each target (and </s>) of one batch."""
+    sp = model.specials
+    with torch.inference_mode(), autocast(device, precision):
+        src = pad_sequences(src_ids, sp.pad, suffix=sp.eos).to(device)
+        tgt = pad_sequences(tgt_ids, sp.pad).to(device)
+        return score_sequence(model, src, tgt).tolist()
+
+
 def score_ids(
     model: Seq2SeqModel,
     src_ids: Sequence[Sequence[int]],
@@ -93,17 +147,9 @@ def score_ids(
     precision: str = "fp32",
 ) -> dict[int, float]:
     """The teacher-forced log-probability (target and </s>) of pairs `rows`, in length-sorted token-budget batches."""
-    sp = model.specials
-    found: dict[int, float] = {}
-    lengths = [max(len(src_ids[i]), len(tgt_ids[i])) for i in rows]
-    with torch.inference_mode(), autocast(device, precision):
-        for batch in length_batches(lengths, batch_tokens):
-            picked = [rows[j] for j in batch]
-            src = pad_sequences([src_ids[i] for i in picked], sp.pad, suffix=sp.eos).to(device)
-            tgt = pad_sequences([tgt_ids[i] for i in picked], sp.pad).to(device)
-            for i, value in zip(picked, score_sequence(model, src, tgt).tolist(), strict=True):
-                found[i] = value
-    return found
+    return score_rows(
+        src_ids, tgt_ids, rows, batch_tokens, lambda s, t: forced_log_probs(model, s, t, device, precision)
+    )
 
 
 def format_scores(scores: Sequence[PairScore]) -> list[str]:

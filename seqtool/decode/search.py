@@ -301,6 +301,9 @@ class BeamSearch:
             prefix = src.new_full((batch, 0), -1)
         max_len = prefix_lengths(prefix, max_lengths(src, sp.pad, self.cfg.max_len_a, self.cfg.max_len_b))
         width = int(max_len.max())
+        self._grow_lp_table(width)
+        # the largest penalty a live hypothesis may still reach: at its maximum length (exact) or when it ends now
+        lp_at_max = self._lp_table[max_len + 1] if self.cfg.stop == "exact" else torch.zeros(batch, device=self.device)
         state = self.model.init_state(self.model.encode(src))
         state = self.model.expand_state(state, torch.arange(batch, device=self.device), k)
         # live beams: (n, k) summed log-probs; at the start only beam 0 is live, so beams do not duplicate
@@ -318,6 +321,7 @@ class BeamSearch:
             "steps": torch.zeros(batch, dtype=torch.long, device=self.device),  # tokens in each live hypothesis
             "prev": src.new_full((batch * k,), sp.bos),
             "prefix": prefix,
+            "lp_at_max": lp_at_max,
         }
         if self._state is None:
             self._state, self._live = state, new
@@ -326,9 +330,11 @@ class BeamSearch:
             pads = {"tokens": sp.pad, "fin_tokens": sp.pad, "prefix": -1}
             self._live = {key: _cat_padded(self._live[key], new[key], pads.get(key, 0)) for key in new}
         self.keys.extend(keys)
-        widest = self._live["tokens"].size(2)
-        if self._lp_table.numel() < widest + 3:  # lp_table[L] = penalty of a hypothesis of L tokens including </s>
-            lengths = torch.arange(widest + 3, device=self.device, dtype=torch.float32)
+
+    def _grow_lp_table(self, width: int) -> None:
+        """lp_table[L] = the penalty of a hypothesis of L tokens including </s>, for L up to width + 2."""
+        if self._lp_table.numel() < width + 3:
+            lengths = torch.arange(width + 3, device=self.device, dtype=torch.float32)
             self._lp_table = LENGTH_PENALTIES[self.cfg.length_penalty_kind](lengths, self.cfg.length_penalty)
 
     def step(self) -> list[tuple[Any, list[Hypothesis]]]:
@@ -338,9 +344,7 @@ class BeamSearch:
         k, sp, cfg, live = self.k, self.model.specials, self.cfg, self._live
         neg_inf, lowest = -math.inf, torch.finfo(torch.float32).min
         log_prob, tokens, steps, max_len = live["log_prob"], live["tokens"], live["steps"], live["max_len"]
-        n, width, lp_table = log_prob.size(0), tokens.size(2), self._lp_table
-        # the largest penalty a live hypothesis may still reach: at its maximum length (exact) or when it ends now
-        lp_at_max = lp_table[max_len + 1] if cfg.stop == "exact" else torch.zeros_like(log_prob[:, 0])
+        n, width, lp_table, lp_at_max = log_prob.size(0), tokens.size(2), self._lp_table, live["lp_at_max"]
 
         lprobs, state = _next_log_probs(self.model, live["prev"], self._state, self._banned)
         prefix = live["prefix"]
@@ -385,7 +389,7 @@ class BeamSearch:
             steps, max_len = steps[keep], max_len[keep]
             fin_key, fin_log_prob, fin_tokens = fin_key[keep], fin_log_prob[keep], fin_tokens[keep]
             log_prob, beam, tok, tokens = log_prob[keep], beam[keep], tok[keep], tokens[keep]
-            prefix = prefix[keep]
+            prefix, lp_at_max = prefix[keep], lp_at_max[keep]
             rows = (keep.nonzero() * k + beam).view(-1)
         else:
             rows = (torch.arange(n, device=self.device).unsqueeze(1) * k + beam).view(-1)
@@ -402,6 +406,7 @@ class BeamSearch:
             "steps": steps + 1,
             "prev": tok.view(-1),
             "prefix": prefix,
+            "lp_at_max": lp_at_max,
         }
         return finished
 

@@ -321,15 +321,20 @@ class Translator:
     ) -> list[PairScore]:
         """The model's score of each (source, target) pair, in order (see `seqtool.decode.scoring`); `alpha` None is
         the config's decode.length_penalty, `max_len` None its decode.max_input_len."""
-        from seqtool.decode.scoring import encode_pairs, finish_scores, score_ids
+        from seqtool.decode.scoring import forced_log_probs, score_pairs
 
         dc = self.config.decode
-        src_ids, tgt_ids, errors = encode_pairs(self.tokenizer, sources, targets, max_len or dc.max_input_len)
-        rows = [i for i, error in enumerate(errors) if error is None]
         set_threads(self.threads)
-        budget = batch_tokens or dc.batch_tokens
-        found = score_ids(self.model, src_ids, tgt_ids, rows, budget, self.device, self.precision)
-        return finish_scores(found, tgt_ids, errors, normalize, dc.length_penalty if alpha is None else alpha)
+        return score_pairs(
+            self.tokenizer,
+            sources,
+            targets,
+            lambda src, tgt: forced_log_probs(self.model, src, tgt, self.device, self.precision),
+            normalize,
+            dc.length_penalty if alpha is None else alpha,
+            batch_tokens or dc.batch_tokens,
+            max_len or dc.max_input_len,
+        )
 
     def stream(self, cfg: SearchConfig, max_input_len: int | None = None) -> TranslationStream | None:
         """A beam search that lines may join while it runs (see `TranslationStream`); None for greedy search and
