@@ -145,15 +145,19 @@ def tokenizer_train(
     ] = False,
     input_sentence_size: Annotated[int, typer.Option(help="Sentences sampled for training.", min=1)] = 2_000_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 42,
+    tgt_langs: Annotated[
+        str, typer.Option(help="Target languages of a multilingual model, comma-separated: adds their tags (<2fr>).")
+    ] = "",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing model files.")] = False,
 ) -> None:
     """Train a SentencePiece tokenizer (joint over all inputs, or --separate per input).
 
     Example: seqtool tokenizer train -i data/train.en -i data/train.de --vocab-size 8000 -o spm
     """
-    from seqtool.tokenizer import TokenizerSpec, train_tokenizers
+    from seqtool.tokenizer import TokenizerSpec, language_tag, train_tokenizers
 
-    spec = TokenizerSpec(vocab_size, model_type.value, character_coverage, input_sentence_size, seed)
+    tags = tuple(language_tag(lang.strip()) for lang in tgt_langs.split(",") if lang.strip())
+    spec = TokenizerSpec(vocab_size, model_type.value, character_coverage, input_sentence_size, seed, tags)
     for path in train_tokenizers(inputs, output, spec, separate, overwrite):
         typer.echo(f"wrote {path} and {path.with_suffix('.vocab')}", err=True)
 
@@ -266,12 +270,19 @@ def prepare(
     from seqtool.config import load_config
     from seqtool.progress import RichReporter
     from seqtool.rundir import default_run_dir
+    from seqtool.train.setup import batch_shares
     from seqtool.train.setup import prepare as prepare_data
 
     cfg = load_config(config, list(overrides or []))
     reporter = RichReporter()
-    corpus = prepare_data(cfg, default_run_dir(cfg, run_dir), reporter.message)
-    typer.echo(f"ready: {len(corpus):,} training pairs encoded in {corpus.directory}", err=True)
+    corpora = prepare_data(cfg, default_run_dir(cfg, run_dir), reporter.message)
+    for corpus, share in zip(corpora, batch_shares(corpora), strict=True):
+        name = f"{corpus.name}: " if len(corpora) > 1 else ""
+        share_text = f" ({share:.0%} of the batches)" if len(corpora) > 1 else ""
+        typer.echo(
+            f"ready: {name}{len(corpus.corpus):,} training pairs{share_text} encoded in {corpus.corpus.directory}",
+            err=True,
+        )
 
 
 @app.command()
@@ -331,6 +342,13 @@ DeviceOption = Annotated[Device, typer.Option(help="Where to run.")]
 PrecisionOption = Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")]
 Ct2ModelOption = Annotated[
     Path | None, typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2).")
+]
+TgtLangOption = Annotated[
+    str,
+    typer.Option(
+        "--tgt-lang",
+        help="Target language of a multilingual model (one its corpora were tagged with: see seqtool info).",
+    ),
 ]
 
 
@@ -439,6 +457,7 @@ def translate(
         str | None,
         typer.Option(help="Ensemble: each run's weight, e.g. 0.6,0.4 (default: equal); log-probs are averaged."),
     ] = None,
+    tgt_lang: TgtLangOption = "",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
     """Translate text line by line: stdin to stdout (or -i/-o); one output line per input line, in order.
@@ -452,6 +471,8 @@ def translate(
     Example (ensemble): seqtool translate runs/a runs/b --weights 0.6,0.4 < test.en > hyp.de
 
     Example (target prefix): printf 'Open the file\\tÖffnen\\n' | seqtool translate runs/demo --prefix
+
+    Example (multilingual model): seqtool translate runs/en-de-fr --tgt-lang fr < test.en > hyp.fr
     """
     from seqtool.decode import load_translator
     from seqtool.decode.search import SearchConfig
@@ -484,6 +505,7 @@ def translate(
         top_p=top_p,
         temperature=temperature,
         seed=seed,
+        tgt_lang=tgt_lang,
     )
     if not sample and nbest > (beam or dc.beam):
         typer.echo(f"note: --nbest {nbest} needs a beam of at least {nbest}: using --beam {nbest}", err=True)
@@ -538,17 +560,11 @@ def score(
         Engine, typer.Option(help="torch, or ctranslate2 (a model written by `seqtool export`).")
     ] = Engine(_DECODE.engine),
     ct2_model: Ct2ModelOption = _DECODE.ct2_model,
-    align: Annotated[
-        bool,
-        typer.Option(
-            "--align",
-            help="Append <TAB> and the word alignment (Pharaoh `src-tgt` pairs, from the cross-attention).",
-        ),
-    ] = False,
     weights: Annotated[
         str | None,
         typer.Option(help="Ensemble: each run's weight, e.g. 0.6,0.4 (default: equal); log-probs are averaged."),
     ] = None,
+    tgt_lang: TgtLangOption = "",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
     """Score given sentence pairs under a model: one line per pair, `LOG_PROB<TAB>SCORE<TAB>TOKENS`.
@@ -578,7 +594,7 @@ def score(
     translator = load_translator(run_dirs, options, _parse_weights(weights))
     for warning in translator.warnings:
         typer.echo(f"warning: {warning}", err=True)
-    scores = translator.score(sources, targets, normalize.value, length_penalty, batch_tokens, max_len)
+    scores = translator.score(sources, targets, normalize.value, length_penalty, batch_tokens, max_len, tgt_lang)
     skipped = sum(s.error is not None for s in scores)
     if skipped:
         typer.echo(f"warning: {skipped} of {len(scores)} pairs were not scored (marked NA)", err=True)

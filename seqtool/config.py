@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,13 +32,44 @@ def _section(factory: Any, help: str) -> Any:
 
 
 @dataclass
-class DataConfig:
-    """Line-aligned parallel text files."""
+class CorpusConfig:
+    """One training corpus of `data.train`: its files, its share of the batches and its target-language tag."""
 
-    train_src: str = _opt("", "training source file, one sentence per line")
+    name: str = _opt("", "the corpus's name, unique (in logs, metrics.jsonl and `seqtool info`)")
+    src: str = _opt("", "source file, one sentence per line")
+    tgt: str = _opt("", "target file, line-aligned with src")
+    weight: float = _opt(1.0, "batches are drawn from the corpora in proportion to their weights (> 0)", min=0.0)
+    tgt_lang: str = _opt("", "target language: its tag <2LANG> starts every source sentence; empty = no tag")
+
+
+@dataclass
+class DevSetConfig:
+    """One development set of `data.dev`: validation loss and BLEU, reported by name."""
+
+    name: str = _opt("", "the dev set's name, unique (dev_bleu.NAME in metrics.jsonl)")
+    src: str = _opt("", "source file")
+    tgt: str = _opt("", "target file (the reference)")
+    tgt_lang: str = _opt("", "target language (a model trained with tags needs one per dev set)")
+
+
+SINGLE_CORPUS_NAME = "train"  # the name of the corpus given as data.train_src/train_tgt
+SINGLE_DEV_NAME = "dev"  # the name of the dev set given as data.dev_src/dev_tgt
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass
+class DataConfig:
+    """Line-aligned parallel text files: one training corpus (train_src/train_tgt) or several (train)."""
+
+    train_src: str = _opt("", "training source file, one sentence per line (or several corpora: data.train)")
     train_tgt: str = _opt("", "training target file, line-aligned with train_src")
+    train: list[CorpusConfig] = _opt(
+        [], "several training corpora, each {name, src, tgt, weight, tgt_lang}; each batch comes from one corpus"
+    )
     dev_src: str = _opt("", "development source file (validation loss and BLEU); empty = no validation")
     dev_tgt: str = _opt("", "development target file (reference)")
+    dev: list[DevSetConfig] = _opt([], "several dev sets, each {name, src, tgt, tgt_lang}; BLEU reported per set")
+    select_on: str = _opt("mean", "what picks best.pt and patience: a dev set's name, or mean (of the sets' BLEU)")
     max_len: int = _opt(128, "drop training pairs with more pieces than this on either side", min=1)
     max_ratio: float = _opt(0.0, "drop training pairs whose length ratio (in pieces) exceeds this; 0 = keep all", min=0)
     encoding_errors: Literal["strict", "replace"] = _opt(
@@ -46,6 +78,26 @@ class DataConfig:
     unk_warn: float = _opt(0.01, "warn when more than this share of dev pieces is <unk>", min=0.0, max=1.0)
     cache_dir: str = _opt("", "where the encoded training corpus is cached (id arrays on disk); empty = RUN_DIR/cache")
     workers: int = _opt(0, "processes encoding the corpus into the cache; 0 = one per core", min=0)
+
+    def corpora(self) -> list[CorpusConfig]:
+        """The training corpora, the single-pair form (train_src/train_tgt) as one named `train`."""
+        if self.train:
+            return list(self.train)
+        if self.train_src or self.train_tgt:
+            return [CorpusConfig(SINGLE_CORPUS_NAME, self.train_src, self.train_tgt)]
+        return []
+
+    def dev_sets(self) -> list[DevSetConfig]:
+        """The dev sets, the single-pair form (dev_src/dev_tgt) as one named `dev`."""
+        if self.dev:
+            return list(self.dev)
+        if self.dev_src:
+            return [DevSetConfig(SINGLE_DEV_NAME, self.dev_src, self.dev_tgt)]
+        return []
+
+    def languages(self) -> list[str]:
+        """The target languages the corpora are tagged with (sorted; empty for a model without tags)."""
+        return sorted({c.tgt_lang for c in self.corpora() if c.tgt_lang})
 
 
 @dataclass
@@ -212,6 +264,11 @@ def _line_map(text: str) -> dict[str, int]:
                 dotted = f"{prefix}{key_node.value}"
                 lines[dotted] = key_node.start_mark.line + 1
                 walk(value_node, dotted + ".")
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                dotted = f"{prefix.rstrip('.')}[{index}]"
+                lines[dotted] = item.start_mark.line + 1
+                walk(item, dotted + ".")
 
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -227,7 +284,8 @@ def _type_name(tp: Any) -> str:
     if origin is Literal:
         return " | ".join(str(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+        item = typing.get_args(tp)[0]
+        return "a list of mappings" if dataclasses.is_dataclass(item) else f"a list of {_type_name(item)}"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
@@ -248,6 +306,8 @@ def _coerce(value: Any, tp: Any, dotted: str, places: _Places) -> Any:
         if not isinstance(value, list):
             raise bad
         (item_tp,) = typing.get_args(tp)
+        if dataclasses.is_dataclass(item_tp):
+            return [_build(item_tp, v, f"{dotted}[{i}].", places) for i, v in enumerate(value)]
         return [_coerce(v, item_tp, f"{dotted}[{i}]", places) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
@@ -348,6 +408,72 @@ def _validate(cfg: Config, places: _Places) -> None:
         )
     if bool(cfg.data.dev_src) != bool(cfg.data.dev_tgt):
         raise ConfigError("data.dev_src and data.dev_tgt must be given together")
+    _validate_data(cfg.data, places)
+
+
+def _validate_data(data: DataConfig, places: _Places) -> None:
+    """The corpora and dev sets: both forms not mixed, names unique, weights > 0, tags on all corpora or none."""
+    for many, single in (("train", "train_src/train_tgt"), ("dev", "dev_src/dev_tgt")):
+        if getattr(data, many) and any(getattr(data, key) for key in single.split("/")):
+            raise ConfigError(
+                f"data.{many}{places.where('data.' + many)}: give either data.{many} or data.{single}, not both"
+            )
+    entries: list[tuple[str, CorpusConfig | DevSetConfig]] = [
+        *((f"data.train[{i}]", c) for i, c in enumerate(data.train)),
+        *((f"data.dev[{i}]", d) for i, d in enumerate(data.dev)),
+    ]
+    seen: dict[str, str] = {}
+    for key, entry in entries:
+        where = places.where(key)
+        if not _NAME_PATTERN.fullmatch(entry.name):
+            raise ConfigError(
+                f"{key}.name{where}: " + (f"{entry.name!r} is not a valid name" if entry.name else "required"),
+                "a name is letters, digits, '_', '.' and '-', e.g. name: wesnoth",
+            )
+        kind = key.split("[")[0]
+        if (kind, entry.name) in seen:
+            raise ConfigError(f"{key}.name{where}: {entry.name!r} is also the name of {seen[(kind, entry.name)]}")
+        seen[(kind, entry.name)] = key
+        for side in ("src", "tgt"):
+            if not getattr(entry, side):
+                raise ConfigError(f"{key}.{side}{where}: required (the {entry.name!r} {side} file)")
+        if isinstance(entry, CorpusConfig) and entry.weight <= 0:
+            raise ConfigError(
+                f"{key}.weight{places.where(key + '.weight')}: must be > 0, got {entry.weight}",
+                "a corpus that should not be drawn from does not belong in data.train: remove it",
+            )
+        if entry.tgt_lang and not _NAME_PATTERN.fullmatch(entry.tgt_lang):
+            raise ConfigError(f"{key}.tgt_lang{where}: {entry.tgt_lang!r} is not a language code (e.g. fr, pt_BR)")
+    corpora = data.corpora()
+    tagged = [c for c in corpora if c.tgt_lang]
+    if tagged and len(tagged) != len(corpora):
+        untagged = next(i for i, c in enumerate(corpora) if not c.tgt_lang)
+        raise ConfigError(
+            f"data.train[{untagged}].tgt_lang{places.where(f'data.train[{untagged}]')}: missing, while other corpora "
+            "have one",
+            "tag every corpus (a model with language tags needs one for every sentence) or none",
+        )
+    languages = data.languages()
+    for i, dev in enumerate(data.dev_sets()):
+        key = f"data.dev[{i}].tgt_lang" if data.dev else "data.dev_src"
+        if languages and dev.tgt_lang not in languages:
+            raise ConfigError(
+                f"{key}{places.where(key)}: "
+                + (f"{dev.tgt_lang!r} is not" if dev.tgt_lang else "a dev set of a model with language tags needs")
+                + f" one of the training corpora's languages: {', '.join(languages)}",
+                "give each dev set as data.dev: [{name, src, tgt, tgt_lang}]",
+            )
+        if not languages and dev.tgt_lang:
+            raise ConfigError(
+                f"{key}{places.where(key)}: a language tag on a dev set, but the training corpora have none",
+                "set tgt_lang on every data.train corpus, or remove it from the dev set",
+            )
+    names = [d.name for d in data.dev_sets()]
+    if data.select_on != "mean" and data.select_on not in names:
+        raise ConfigError(
+            f"data.select_on{places.where('data.select_on')}: {data.select_on!r} is not a dev set",
+            f"choose mean or one of: {', '.join(names)}" if names else "it needs dev sets (data.dev)",
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -462,6 +588,9 @@ def iter_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[s
                 yield from iter_fields(sub, f"{prefix}{f.name}[{sub.__name__}].")
         elif dataclasses.is_dataclass(tp):
             yield from iter_fields(tp, f"{prefix}{f.name}.")
+        elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            yield f"{prefix}{f.name}", [], f.metadata.get("help", "")
+            yield from iter_fields(typing.get_args(tp)[0], f"{prefix}{f.name}[].")
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             yield f"{prefix}{f.name}", default, f.metadata.get("help", "")

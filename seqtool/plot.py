@@ -68,6 +68,15 @@ def curve(records: Sequence[dict[str, Any]], kind: str, key: str) -> tuple[list[
     return [s for s, _ in points], [v for _, v in points]
 
 
+def _lines(records: Sequence[dict[str, Any]], key: str, label: str) -> list[tuple[str, str]]:
+    """(metric key, legend label) of each line a panel draws for one run: one per dev set where the run has several
+    (`dev_bleu.NAME`), else the key itself."""
+    per_set = sorted({k for r in records for k in r if k.startswith(key + ".")})
+    if not per_set:
+        return [(key, label)]
+    return [(k, f"{label} {k.removeprefix(key + '.')}") for k in per_set]
+
+
 def plot_curves(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | None = None) -> Path:
     """Learning curves of one or more runs on one 2×2 figure saved to `output` (PNG, SVG or PDF by suffix)."""
     plt = _pyplot()
@@ -77,10 +86,11 @@ def plot_curves(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | 
     for ax, (title, kind, key) in zip(axes.flat, CURVES, strict=True):
         drawn = False
         for label, records in runs:
-            steps, values = curve(records, kind, key)
-            if steps:
-                ax.plot(steps, values, marker="o" if kind == "eval" else None, markersize=3, label=label)
-                drawn = True
+            for line_key, line_label in _lines(records, key, label):
+                steps, values = curve(records, kind, line_key)
+                if steps:
+                    ax.plot(steps, values, marker="o" if kind == "eval" else None, markersize=3, label=line_label)
+                    drawn = True
         ax.set_title(title)
         ax.set_xlabel("update")
         ax.grid(alpha=0.3)
@@ -88,6 +98,9 @@ def plot_curves(run_dirs: Sequence[Path], output: Path, labels: Sequence[str] | 
             ax.text(0.5, 0.5, "no data (no validation in this run?)", ha="center", va="center", transform=ax.transAxes)
     if len(runs) > 1:
         axes.flat[0].legend()
+    for ax in axes.flat[1:3]:
+        if len(ax.get_lines()) > len(runs):  # several dev sets
+            ax.legend(fontsize="small")
     fig.suptitle(", ".join(labels))
     _save(fig, output)
     plt.close(fig)

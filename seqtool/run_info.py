@@ -31,6 +31,10 @@ class RunInfo:
     last_dev: dict[str, float] = field(default_factory=dict)
     checkpoints: dict[str, int] = field(default_factory=dict)  # name -> size in bytes
     changed_from_defaults: list[str] = field(default_factory=list)
+    languages: list[str] = field(default_factory=list)  # target languages of a multilingual model (its tags)
+    # per training corpus: name, weight, batch_share, pairs, kept, dropped (corpora.json) and token_share, the share
+    # of the target tokens drawn from it so far (metrics.jsonl; with several corpora)
+    corpora: list[dict[str, Any]] = field(default_factory=list)
 
 
 def describe_architecture(cfg: Config) -> str:
@@ -82,7 +86,17 @@ def run_info(run_root: str | Path) -> RunInfo:
     train = [r for r in records if r.get("type") == "train"]
     evals = [r for r in records if r.get("type") == "eval" and "dev_bleu" in r]
     best = max(evals, key=lambda r: r["dev_bleu"]) if evals else None
-    last_dev = {k: evals[-1][k] for k in ("step", "dev_loss", "dev_ppl", "dev_bleu") if k in evals[-1]} if evals else {}
+    last_dev = {k: v for k, v in evals[-1].items() if k == "step" or k.startswith(("dev_", "best_"))} if evals else {}
+    corpora: list[dict[str, Any]] = []
+    if run.corpora.is_file():
+        try:
+            corpora = json.loads(run.corpora.read_text(encoding="utf-8"))
+        except ValueError:
+            corpora = []
+    shares = [r for r in train if any(k.startswith("run_share.") for k in r)]
+    for corpus in corpora:
+        if shares:
+            corpus["token_share"] = shares[-1].get(f"run_share.{corpus['name']}")
     checkpoints = (
         {p.stem: p.stat().st_size for p in sorted(run.checkpoints.glob("*.pt"))} if run.checkpoints.is_dir() else {}
     )
@@ -103,6 +117,8 @@ def run_info(run_root: str | Path) -> RunInfo:
         last_dev=last_dev,
         checkpoints=checkpoints,
         changed_from_defaults=config_diff(_defaults_like(cfg), cfg),
+        languages=cfg.data.languages(),
+        corpora=corpora,
     )
 
 
@@ -128,6 +144,22 @@ def format_info(info: RunInfo) -> str:
         ("best dev BLEU", best),
         ("checkpoints", (", ".join(info.checkpoints) + f" ({size:.1f} MB)") if info.checkpoints else "none"),
     ]
+    if info.languages:
+        lines.append(("languages", ", ".join(info.languages) + " (translate --tgt-lang)"))
+    per_set = [(k.removeprefix("dev_bleu."), v) for k, v in info.last_dev.items() if k.startswith("dev_bleu.")]
+    if per_set:
+        lines.append(("last dev BLEU", ", ".join(f"{name} {bleu:.2f}" for name, bleu in per_set)))
+    for corpus in info.corpora if len(info.corpora) > 1 else []:
+        dropped = ", ".join(f"{reason} {n:,}" for reason, n in corpus["dropped"].items())
+        drawn = corpus.get("token_share")
+        lines.append(
+            (
+                f"corpus {corpus['name']}",
+                f"{corpus['kept']:,} of {corpus['pairs']:,} pairs kept" + (f" (dropped: {dropped})" if dropped else "")
+                + f"; weight {corpus['weight']:g}: {corpus['batch_share']:.0%} of the batches"
+                + (f", {drawn:.1%} of the target tokens drawn" if drawn is not None else ""),
+            )
+        )  # fmt: skip
     width = max(len(k) for k, _ in lines)
     out = [f"{k.ljust(width)}  {v}" for k, v in lines]
     out.append("changed from the defaults:" if info.changed_from_defaults else "config: all defaults")

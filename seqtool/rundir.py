@@ -37,6 +37,11 @@ class RunDir:
         return self.root / "metrics.jsonl"
 
     @property
+    def corpora(self) -> Path:
+        """What the training corpora held: pairs read, kept and dropped, weight (written when training starts)."""
+        return self.root / "corpora.json"
+
+    @property
     def log(self) -> Path:
         return self.root / "train.log"
 

@@ -23,6 +23,11 @@ from seqtool.errors import DataError, SeqtoolError
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 
 
+def language_tag(language: str) -> str:
+    """The piece that asks a multilingual model for a target language: `<2fr>` (Johnson et al., 2017)."""
+    return f"<2{language}>"
+
+
 @dataclass(frozen=True)
 class SpecialIds:
     """Ids of the special symbols, owned by the tokenizer (data and models import them from here)."""
@@ -45,6 +50,7 @@ class TokenizerSpec:
     character_coverage: float = _DEFAULTS.tokenizer.character_coverage
     input_sentence_size: int = _DEFAULTS.tokenizer.input_sentence_size
     seed: int = _DEFAULTS.seed
+    user_symbols: tuple[str, ...] = ()  # pieces kept whole wherever they occur (language tags)
 
 
 def train_sentencepiece(inputs: Sequence[str | Path], output_prefix: str | Path, spec: TokenizerSpec) -> Path:
@@ -76,6 +82,7 @@ def train_sentencepiece(inputs: Sequence[str | Path], output_prefix: str | Path,
                     eos_id=EOS_ID,
                     pad_id=PAD_ID,
                     num_threads=os.cpu_count() or 1,
+                    user_defined_symbols=list(spec.user_symbols),
                     logstream=quiet,
                 )
         except RuntimeError as exc:
@@ -154,6 +161,18 @@ class SentencePieceModel:
         pieces = processor.get_piece_size()
         self.pad_id = processor.pad_id() if processor.pad_id() >= 0 else pieces
         self.vocab_size = max(pieces, self.pad_id + 1)  # embedding rows, pad included
+
+    def tag_id(self, language: str) -> int:
+        """The id of `language`'s tag piece; a DataError when the model lacks it (or splits it)."""
+        tag = language_tag(language)
+        tag_id = self.processor.piece_to_id(tag)  # <unk>'s id when the model lacks the piece
+        if tag_id == UNK_ID or tag_id not in self.processor.encode(tag, out_type=int):  # missing, or not kept whole
+            raise DataError(
+                f"{self.path} has no piece {tag} for the target language {language!r}",
+                "train the tokenizer with the language tags: leave tokenizer.model empty (seqtool train trains it), "
+                "or pass --tgt-langs to seqtool tokenizer train",
+            )
+        return tag_id
 
     def encode(self, lines: Iterable[str]) -> list[list[int]]:
         """Text lines -> piece ids (no <s>/</s>)."""

@@ -51,11 +51,14 @@ def pad_sequences(
     return torch.from_numpy(out)
 
 
-def make_batch(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], specials: SpecialIds) -> Batch:
-    """Pad a list of pairs into a `Batch` (source gets </s>; target gets <s> in and </s> out)."""
+def make_batch(
+    src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], specials: SpecialIds, src_tag: int | None = None
+) -> Batch:
+    """Pad a list of pairs into a `Batch` (source gets `src_tag` in front when given, and </s>; target gets <s> in
+    and </s> out)."""
     tokens = sum(len(t) + 1 for t in tgt)
     return Batch(
-        src=pad_sequences(src, specials.pad, suffix=specials.eos),
+        src=pad_sequences(src, specials.pad, prefix=src_tag, suffix=specials.eos),
         tgt_in=pad_sequences(tgt, specials.pad, prefix=specials.bos),
         tgt_out=pad_sequences(tgt, specials.pad, suffix=specials.eos),
         tgt_tokens=tokens,
@@ -180,3 +183,57 @@ class BatchSampler:
             real += int(s.sum() + t.sum())
             padded += len(batch) * int(s.max() + t.max())
         return 1.0 - real / padded if padded else 0.0
+
+
+class CorpusMix:
+    """Batches from several corpora, each batch from one corpus, in proportion to the corpora's weights.
+
+    Each corpus keeps its own `BatchSampler` (its own length buckets, epochs and position), so mixing adds no padding
+    and a small corpus simply starts more epochs. Which corpus gives the next batch is stride scheduling: the one
+    whose batches drawn so far, plus this one, are fewest for its weight ((drawn + 1) / weight smallest, the first on a
+    tie). No random draw: after any n batches each corpus has given n × weight / total batches within a few (under
+    1 for two corpora, 1.9 for three, 2.7 for eight in a test of random weights), and the state to resume exactly is
+    the count of batches drawn per corpus plus each sampler's position.
+    """
+
+    def __init__(self, samplers: Sequence[BatchSampler], weights: Sequence[float]) -> None:
+        if len(samplers) != len(weights) or not samplers:
+            raise ValueError(f"{len(samplers)} samplers for {len(weights)} weights")
+        if min(weights) <= 0:
+            raise ValueError(f"weights must be > 0, got {list(weights)}")
+        self.samplers = list(samplers)
+        self.weights = [float(w) for w in weights]
+        self.drawn = [0] * len(samplers)
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        streams = [iter(s) for s in self.samplers]
+        while True:
+            k = min(range(len(streams)), key=lambda i: (self.drawn[i] + 1) / self.weights[i])
+            self.drawn[k] += 1
+            yield k, next(streams[k])
+
+    @property
+    def batches_per_epoch(self) -> list[int]:
+        """Batches in each corpus's current epoch."""
+        return [s.batches_per_epoch for s in self.samplers]
+
+    def padding_fraction(self) -> float:
+        """Share of padded positions over the corpora's current epochs, weighted as the batches are drawn."""
+        total = sum(self.weights)
+        return sum(s.padding_fraction() * w / total for s, w in zip(self.samplers, self.weights, strict=True))
+
+    def state_dict(self) -> dict[str, object]:
+        """Every corpus's position and the batches drawn from each."""
+        return {"corpora": [s.state_dict() for s in self.samplers], "drawn": list(self.drawn)}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore a position saved by `state_dict` (or by a single `BatchSampler`, for a run of one corpus)."""
+        if "corpora" not in state:  # written before several corpora existed: one sampler's position
+            state = {"corpora": [state], "drawn": [0]}
+        corpora, drawn = state["corpora"], state["drawn"]
+        assert isinstance(corpora, list) and isinstance(drawn, list)
+        if len(corpora) != len(self.samplers):
+            raise ValueError(f"the saved position has {len(corpora)} corpora, this run {len(self.samplers)}")
+        for sampler, position in zip(self.samplers, corpora, strict=True):
+            sampler.load_state_dict(position)
+        self.drawn = [int(n) for n in drawn]

@@ -68,6 +68,7 @@ class TranslatorLike(Protocol):
     config: Config  # the run's config: callers take the decode defaults from `config.decode`
     tokenizer: Tokenizer  # the run's source and target SentencePiece models
     warnings: list[str]  # what loading changed from what was asked (e.g. bf16 -> fp32); the caller shows them
+    languages: list[str]  # a multilingual model's target languages (SearchConfig.tgt_lang picks one); else empty
 
     def translate(
         self,
@@ -88,6 +89,11 @@ class TranslatorLike(Protocol):
         """(workers, threads per worker) that `translate` uses for a search with `cfg`."""
         ...
 
+    def language_tag(self, tgt_lang: str) -> int | None:
+        """The source tag id asking for `tgt_lang` ("": none); a ConfigError when the model has no such language,
+        or needs one (see `decode.languages.language_tag_id`)."""
+        ...
+
     def score(
         self,
         sources: Sequence[str],
@@ -96,6 +102,7 @@ class TranslatorLike(Protocol):
         alpha: float | None = None,
         batch_tokens: int | None = None,
         max_len: int | None = None,
+        tgt_lang: str = "",
     ) -> list[PairScore]:
         """The model's score of each (source, target) pair, in order (see `seqtool.decode.scoring`)."""
         ...

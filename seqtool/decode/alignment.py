@@ -60,7 +60,9 @@ def piece_links(model: Seq2SeqModel, src: Sequence[Sequence[int]], tgt: Sequence
 def pharaoh(src_pieces: Sequence[str], tgt_pieces: Sequence[str], links: Sequence[int]) -> str:
     """`i-j` word pairs (source word i, target word j), each once, sorted by target then source word."""
     src_words, tgt_words = word_index(src_pieces), word_index(tgt_pieces)
-    pairs = sorted({(src_words[s], tgt_words[t]) for t, s in enumerate(links)}, key=lambda pair: (pair[1], pair[0]))
+    pairs = sorted(
+        {(src_words[s], tgt_words[t]) for t, s in enumerate(links) if s >= 0}, key=lambda pair: (pair[1], pair[0])
+    )
     return " ".join(f"{i}-{j}" for i, j in pairs)
 
 
@@ -71,9 +73,14 @@ def align_translations(
     tgt_ids: Sequence[Sequence[int]],
     device: torch.device,
     precision: str = "fp32",
+    tagged: bool = False,
 ) -> list[str]:
-    """The Pharaoh alignment of each (source ids, target ids) pair ("" where a side is empty)."""
+    """The Pharaoh alignment of each (source ids, target ids) pair ("" where a side is empty). `tagged`: each
+    source starts with a language tag, which is no word of the input (target pieces attending to it get no link)."""
     links = piece_links(model, src_ids, tgt_ids, device, precision)
+    if tagged:
+        src_ids = [ids[1:] for ids in src_ids]
+        links = [[s - 1 for s in link] for link in links]
     src_pieces = [[tokenizer.src.processor.id_to_piece(i) for i in ids] for ids in src_ids]
     tgt_pieces = [[tokenizer.tgt.processor.id_to_piece(i) for i in ids] for ids in tgt_ids]
     return [pharaoh(s, t, link) for s, t, link in zip(src_pieces, tgt_pieces, links, strict=True)]

@@ -128,7 +128,7 @@ class CTranslate2Translator:
             )
         if cfg.sample:
             self.ct2.set_random_seed(cfg.seed + first_line)
-        src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len)
+        src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len, self.language_tag(cfg.tgt_lang))
         hyps = self.translate_ids(src_ids, cfg, batch_tokens, encode_prefixes(self.tokenizer, prefixes, len(lines)))
         return keep_prefixes(self.tokenizer, decode_hypotheses(self.tokenizer, hyps, truncated), prefixes)
 
@@ -186,6 +186,7 @@ class CTranslate2Translator:
         alpha: float | None = None,
         batch_tokens: int | None = None,
         max_len: int | None = None,
+        tgt_lang: str = "",
     ) -> list[PairScore]:
         """The model's score of each (source, target) pair, in order, by CTranslate2's `score_batch` (as
         `Translator.score`)."""
@@ -201,7 +202,19 @@ class CTranslate2Translator:
             dc.length_penalty if alpha is None else alpha,
             batch_tokens or dc.batch_tokens,
             min(max_len or dc.max_input_len, self.positions - 1),
+            self.language_tag(tgt_lang),
         )
+
+    @property
+    def languages(self) -> list[str]:
+        """The target languages of a multilingual model (its run's tagged corpora); empty without tags."""
+        return self.config.data.languages()
+
+    def language_tag(self, tgt_lang: str) -> int | None:
+        """The source tag id for `tgt_lang` (see `decode.languages.language_tag_id`)."""
+        from seqtool.decode.languages import language_tag_id
+
+        return language_tag_id(self.tokenizer, tgt_lang, self.languages)
 
     def _score_batch(self, src_ids: list[Sequence[int]], tgt_ids: list[Sequence[int]]) -> list[float]:
         """The log-probability of each target's pieces and </s> (a `scoring.BatchScorer`), by `score_batch`."""

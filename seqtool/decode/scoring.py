@@ -96,10 +96,13 @@ def score_pairs(
     alpha: float,
     batch_tokens: int,
     max_len: int,
+    tag: int | None = None,
 ) -> list[PairScore]:
-    """Both engines' `score`: encode the pairs, score the scorable ones with the engine's `score_batch` in
-    length-sorted token-budget batches, and normalise."""
+    """Both engines' `score`: encode the pairs (sources behind the language `tag` when given), score the scorable
+    ones with the engine's `score_batch` in length-sorted token-budget batches, and normalise."""
     src_ids, tgt_ids, errors = encode_pairs(tokenizer, sources, targets, max_len)
+    if tag is not None:
+        src_ids = [[tag, *ids] if ids else ids for ids in src_ids]
     rows = [i for i, error in enumerate(errors) if error is None]
     found = score_rows(src_ids, tgt_ids, rows, batch_tokens, score_batch)
     return finish_scores(found, tgt_ids, errors, normalize, alpha)

@@ -156,16 +156,19 @@ class Translation:
 
 
 def encode_sources(
-    tokenizer: Tokenizer, lines: Sequence[str], max_input_len: int | None
+    tokenizer: Tokenizer, lines: Sequence[str], max_input_len: int | None, tag: int | None = None
 ) -> tuple[list[list[int]], list[bool]]:
-    """Both engines' input side: `clean_line`, encode, cut to `max_input_len` pieces (None: no limit); returns the
-    ids and, per line, whether it was cut."""
+    """Both engines' input side: `clean_line`, encode, put the language `tag` id in front (when given; not on an
+    empty line), cut to `max_input_len` pieces, tag included (None: no limit); returns the ids and, per line,
+    whether it was cut."""
     check(
         max_input_len is None or max_input_len >= 1,
         f"max_input_len must be at least 1, got {max_input_len}",
         kind=ConfigError,
     )
     src_ids = tokenizer.src.encode(clean_line(line) for line in lines)
+    if tag is not None:
+        src_ids = [[tag, *ids] if ids else ids for ids in src_ids]
     truncated = [max_input_len is not None and len(ids) > max_input_len for ids in src_ids]
     return [ids[:max_input_len] for ids in src_ids], truncated
 
@@ -274,7 +277,8 @@ class Translator:
         `prefixes[i]` ("" for none); only the rest is searched. With `align`, each translation gets its word
         alignment to the source (see `seqtool.decode.alignment`).
         """
-        src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len)
+        tag = self.language_tag(cfg.tgt_lang)
+        src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len, tag)
         workers, threads_per_worker = self.parallelism(cfg)
         if torch.get_num_threads() != threads_per_worker:
             set_threads(threads_per_worker)  # process-wide: the threads of each worker
@@ -285,11 +289,26 @@ class Translator:
         )
         results = keep_prefixes(self.tokenizer, decode_hypotheses(self.tokenizer, hyps, truncated), prefixes)
         if align:
-            self._align(src_ids, hyps, results)
+            self._align(src_ids, hyps, results, tag is not None)
         return results
 
+    @property
+    def languages(self) -> list[str]:
+        """The target languages of a multilingual model (its run's tagged corpora); empty without tags."""
+        return self.config.data.languages()
+
+    def language_tag(self, tgt_lang: str) -> int | None:
+        """The source tag id for `tgt_lang` (see `decode.languages.language_tag_id`)."""
+        from seqtool.decode.languages import language_tag_id
+
+        return language_tag_id(self.tokenizer, tgt_lang, self.languages)
+
     def _align(
-        self, src_ids: Sequence[Sequence[int]], hyps: Sequence[Sequence[Hypothesis]], results: list[list[Translation]]
+        self,
+        src_ids: Sequence[Sequence[int]],
+        hyps: Sequence[Sequence[Hypothesis]],
+        results: list[list[Translation]],
+        tagged: bool = False,
     ) -> None:
         """Fill in the word alignment of every translation of `results` (the hypotheses `hyps` of `src_ids`)."""
         from seqtool.decode.alignment import align_translations
@@ -302,6 +321,7 @@ class Translator:
             [hyps[i][j].tokens for i, j in pairs],
             self.device,
             self.precision,
+            tagged,
         )
         for (i, j), alignment in zip(pairs, found, strict=True):
             results[i][j].alignment = alignment
@@ -318,9 +338,11 @@ class Translator:
         alpha: float | None = None,
         batch_tokens: int | None = None,
         max_len: int | None = None,
+        tgt_lang: str = "",
     ) -> list[PairScore]:
         """The model's score of each (source, target) pair, in order (see `seqtool.decode.scoring`); `alpha` None is
-        the config's decode.length_penalty, `max_len` None its decode.max_input_len."""
+        the config's decode.length_penalty, `max_len` None its decode.max_input_len; `tgt_lang` the target language
+        of a multilingual model."""
         from seqtool.decode.scoring import forced_log_probs, score_pairs
 
         dc = self.config.decode
@@ -334,6 +356,7 @@ class Translator:
             dc.length_penalty if alpha is None else alpha,
             batch_tokens or dc.batch_tokens,
             max_len or dc.max_input_len,
+            self.language_tag(tgt_lang),
         )
 
     def stream(self, cfg: SearchConfig, max_input_len: int | None = None) -> TranslationStream | None:
@@ -356,6 +379,7 @@ class TranslationStream:
         self.cfg = cfg
         self.max_input_len = max_input_len
         self.searcher = BeamSearch(translator.model, cfg, translator.device)
+        self.tag = translator.language_tag(cfg.tgt_lang)
         self._truncated: dict[Hashable, bool] = {}
         self._threads = translator.parallelism(cfg)[1]
 
@@ -366,7 +390,7 @@ class TranslationStream:
 
     def admit(self, lines: Sequence[str], keys: Sequence[Hashable]) -> list[tuple[Hashable, list[Translation]]]:
         """Start searching `lines` (each with its key); empty lines are done at once and returned here."""
-        src_ids, truncated = encode_sources(self.translator.tokenizer, lines, self.max_input_len)
+        src_ids, truncated = encode_sources(self.translator.tokenizer, lines, self.max_input_len, self.tag)
         empty = [(key, [Translation("", 0.0, 0.0)]) for key, ids in zip(keys, src_ids, strict=True) if not ids]
         rows = [i for i, ids in enumerate(src_ids) if ids]
         if rows:

@@ -157,7 +157,9 @@ def create_app(spec: ServeSpec, models: dict[str, ServedModel] | None = None) ->
         body = _validated(TranslateRequest, await _json(request))
         model = _model(state["models"], body.model)
         _check_lines(body.text, limits)
-        search = _search(model, body.beam, body.nbest, body.length_penalty, body.max_len_a, body.max_len_b, limits)
+        search = _search(
+            model, body.beam, body.nbest, body.length_penalty, body.max_len_a, body.max_len_b, limits, body.tgt_lang
+        )
         results = await _translate(model, body.text, search)
         lines = [_line_result(nbest, body.nbest, body.scores) for nbest in results]
         return TranslateResponse(model=model.spec.name, translations=lines)
@@ -290,10 +292,15 @@ def _search(
     max_len_a: float | None,
     max_len_b: int | None,
     limits: ServeConfig,
+    tgt_lang: str | None = None,
 ) -> SearchConfig:
     for name, value in (("beam", beam), ("nbest", nbest)):
         if value is not None and value > limits.max_beam:
             raise ApiError(422, f"{name} {value} is larger than this server allows ({limits.max_beam})")
+    try:
+        model.translator.language_tag(tgt_lang or "")  # a model with tags needs one of its languages, others none
+    except SeqtoolError as exc:
+        raise ApiError(422, exc.message, exc.hint) from None
     return SearchConfig.from_decode(
         model.translator.config.decode,
         beam=beam,
@@ -301,6 +308,7 @@ def _search(
         length_penalty=None if length_penalty is None else float(length_penalty),
         max_len_a=None if max_len_a is None else float(max_len_a),
         max_len_b=max_len_b,
+        tgt_lang=tgt_lang or "",
     )
 
 

@@ -20,6 +20,7 @@ class TranslateRequest(_Strict):
     max_len_a: StrictFloat | StrictInt | None = Field(None, ge=0, description="max output = a * source length + b")
     max_len_b: StrictInt | None = Field(None, ge=0, description="max output = a * source length + b")
     scores: StrictBool = Field(False, description="add each translation's log-probability and ranking score")
+    tgt_lang: StrictStr | None = Field(None, description="target language of a multilingual model (see /v1/models)")
 
 
 class Hypothesis(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Sequence
@@ -9,25 +10,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from seqtool.config import Config
+from seqtool.config import Config, CorpusConfig, DevSetConfig
 from seqtool.data.corpus import check_utf8, read_parallel
 from seqtool.data.dataset import EncodedCorpus, check_line_counts, open_or_build
 from seqtool.errors import CheckpointError, ConfigError, DataError
 from seqtool.rundir import RunDir
-from seqtool.tokenizer import Tokenizer, TokenizerSpec, train_sentencepiece
+from seqtool.tokenizer import Tokenizer, TokenizerSpec, language_tag, train_sentencepiece
 
 SMALL_CORPUS_BYTES = 8_000_000  # below this, the corpus cache is encoded in one process
 
 
 @dataclass
-class EncodedData:
-    """Training (filtered) and dev pairs as piece ids."""
+class TrainCorpus:
+    """One training corpus: its encoded pairs (read from the on-disk cache) and how batches are drawn from it."""
 
-    train_src: Sequence[Sequence[int]]  # ids read from the on-disk cache (seqtool.data.dataset), indexable like lists
-    train_tgt: Sequence[Sequence[int]]
-    dev_src: list[list[int]]
-    dev_tgt: list[list[int]]
-    dev_refs: list[str]
+    name: str
+    weight: float
+    tag: int | None  # the source tag id of its target language, prepended to every source; None without tags
+    corpus: EncodedCorpus
+
+
+@dataclass
+class DevSet:
+    """One dev set as piece ids (sources tagged like its training corpora) and its reference text."""
+
+    name: str
+    src: list[list[int]]
+    tgt: list[list[int]]
+    refs: list[str]
 
 
 def prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
@@ -46,7 +56,7 @@ def prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
             "continue it with --resume, start over with --overwrite, or choose another --run-dir",
         )
     # a previous run (with --overwrite) or the leftovers of a start that failed during set-up
-    for path in (run.checkpoints, run.config, run.metrics, run.log):
+    for path in (run.checkpoints, run.config, run.metrics, run.log, run.corpora):
         if path.is_dir():
             shutil.rmtree(path)
         else:
@@ -56,65 +66,89 @@ def prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
     run.checkpoints.mkdir(parents=True, exist_ok=True)
 
 
+def corpus_keys(cfg: Config) -> list[tuple[str, str]]:
+    """The config keys of each training corpus's source and target file (for error messages)."""
+    if cfg.data.train:
+        return [(f"data.train[{i}].src", f"data.train[{i}].tgt") for i in range(len(cfg.data.train))]
+    return [("data.train_src", "data.train_tgt")]
+
+
 def ensure_tokenizer(cfg: Config, run: RunDir, log: Any) -> Tokenizer:
-    """Copy the configured tokenizer(s) into the run directory, training them first where they do not exist."""
+    """Copy the configured tokenizer(s) into the run directory, training them first where they do not exist.
+
+    A tokenizer trained here sees every training corpus and keeps the language tags whole (user-defined symbols);
+    either way, the source model must hold the tag of each target language.
+    """
+    corpora = cfg.data.corpora()
+    tags = tuple(language_tag(lang) for lang in cfg.data.languages())
     spec = TokenizerSpec(
         vocab_size=cfg.tokenizer.vocab_size,
         model_type=cfg.tokenizer.type,
         character_coverage=cfg.tokenizer.character_coverage,
         input_sentence_size=cfg.tokenizer.input_sentence_size,
         seed=cfg.seed,
+        user_symbols=tags,
     )
     src_dest, tgt_dest = run.tokenizer_paths(cfg.tokenizer.joint)
+    src_files = [c.src for c in corpora]
+    tgt_files = [c.tgt for c in corpora]
     if cfg.tokenizer.joint:
-        sides = [(cfg.tokenizer.model, [cfg.data.train_src, cfg.data.train_tgt], src_dest)]
+        sides = [(cfg.tokenizer.model, src_files + tgt_files, src_dest, spec)]
     else:
         sides = [
-            (cfg.tokenizer.src_model, [cfg.data.train_src], src_dest),
-            (cfg.tokenizer.tgt_model, [cfg.data.train_tgt], tgt_dest),
+            (cfg.tokenizer.src_model, src_files, src_dest, spec),
+            (cfg.tokenizer.tgt_model, tgt_files, tgt_dest, dataclasses.replace(spec, user_symbols=())),
         ]
-    for configured, inputs, dest in sides:
+    for configured, inputs, dest, side_spec in sides:
         if dest.exists():
             continue
         if configured and Path(configured).exists():
             shutil.copyfile(configured, dest)
             continue
         target = Path(configured) if configured else dest
-        log(f"training a {spec.model_type} SentencePiece model ({spec.vocab_size} pieces) on {', '.join(inputs)}")
-        model_path = train_sentencepiece(inputs, target.with_suffix(""), spec)
+        log(
+            f"training a {spec.model_type} SentencePiece model ({spec.vocab_size} pieces) on {', '.join(inputs)}"
+            + (f" with the tags {' '.join(side_spec.user_symbols)}" if side_spec.user_symbols else "")
+        )
+        model_path = train_sentencepiece(inputs, target.with_suffix(""), side_spec)
         if model_path != dest:
             shutil.copyfile(model_path, dest)
-    return Tokenizer.load(src_dest, tgt_dest)
+    tokenizer = Tokenizer.load(src_dest, tgt_dest)
+    for lang in cfg.data.languages():
+        tokenizer.src.tag_id(lang)  # a tokenizer given without the tags fails here, naming the missing one
+    return tokenizer
 
 
 @dataclass
 class RawData:
     """The dev text, read (and checked) before anything is trained; the training files are checked, not held."""
 
-    dev_src: list[str]
-    dev_tgt: list[str]
+    dev: list[tuple[DevSetConfig, list[str], list[str]]]  # each dev set with its source and reference lines
 
 
 def read_data(cfg: Config) -> RawData:
     """Check the training files (existence, line counts, UTF-8, streamed) and read the dev files, before any set-up."""
-    for key in ("train_src", "train_tgt", "dev_src", "dev_tgt"):
-        name = getattr(cfg.data, key)
-        if name and not Path(name).exists():
-            raise DataError(
-                f"data.{key}: file not found: {name}", "paths in a config are relative to the current directory"
-            )
+    files = [(key, getattr(c, side)) for c, keys in zip(cfg.data.corpora(), corpus_keys(cfg), strict=True)
+             for key, side in zip(keys, ("src", "tgt"), strict=True)]  # fmt: skip
+    for i, dev in enumerate(cfg.data.dev_sets()):
+        files += [(f"data.dev[{i}].src" if cfg.data.dev else "data.dev_src", dev.src)]
+        files += [(f"data.dev[{i}].tgt" if cfg.data.dev else "data.dev_tgt", dev.tgt)]
+    for key, name in files:
+        if not Path(name).exists():
+            raise DataError(f"{key}: file not found: {name}", "paths in a config are relative to the current directory")
     errors = cfg.data.encoding_errors
-    check_line_counts(Path(cfg.data.train_src), Path(cfg.data.train_tgt))
-    if errors == "strict":
-        check_utf8(cfg.data.train_src)
-        check_utf8(cfg.data.train_tgt)
-    dev_src: list[str] = []
-    dev_tgt: list[str] = []
-    if cfg.data.dev_src:
-        dev_src, dev_tgt = read_parallel(cfg.data.dev_src, cfg.data.dev_tgt, errors)
+    for corpus in cfg.data.corpora():
+        check_line_counts(Path(corpus.src), Path(corpus.tgt))
+        if errors == "strict":
+            check_utf8(corpus.src)
+            check_utf8(corpus.tgt)
+    dev = []
+    for dev_set in cfg.data.dev_sets():
+        dev_src, dev_tgt = read_parallel(dev_set.src, dev_set.tgt, errors)
         if cfg.train.eval_max_sentences:
             dev_src, dev_tgt = dev_src[: cfg.train.eval_max_sentences], dev_tgt[: cfg.train.eval_max_sentences]
-    return RawData(dev_src, dev_tgt)
+        dev.append((dev_set, dev_src, dev_tgt))
+    return RawData(dev)
 
 
 def unk_rate(ids: list[list[int]], unk: int) -> float:
@@ -123,63 +157,77 @@ def unk_rate(ids: list[list[int]], unk: int) -> float:
     return sum(seq.count(unk) for seq in ids) / total if total else 0.0
 
 
-def cache_workers(cfg: Config) -> int:
-    """Encoding processes for the corpus cache: data.workers, else one per core; one for small corpora (a pool's
+def cache_workers(cfg: Config, corpus: CorpusConfig) -> int:
+    """Encoding processes for a corpus's cache: data.workers, else one per core; one for small corpora (a pool's
     start-up costs more than it saves below a few MB)."""
-    size = sum(Path(p).stat().st_size for p in (cfg.data.train_src, cfg.data.train_tgt))
+    size = sum(Path(p).stat().st_size for p in (corpus.src, corpus.tgt))
     if size < SMALL_CORPUS_BYTES:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return cfg.data.workers or cores
 
 
-def encoded_corpus(cfg: Config, run: RunDir, tokenizer: Tokenizer, log: Any) -> EncodedCorpus:
-    """The training corpus as ids read from the on-disk cache, built (in parallel) when missing or stale."""
+def encoded_corpora(cfg: Config, run: RunDir, tokenizer: Tokenizer, log: Any) -> list[TrainCorpus]:
+    """The training corpora as ids read from their on-disk caches (one per corpus), built (in parallel) when missing
+    or stale."""
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run.root / "cache"
-    corpus, report, built = open_or_build(
-        cache_dir,
-        cfg.data.train_src,
-        cfg.data.train_tgt,
-        tokenizer.src.path,
-        None if tokenizer.joint else tokenizer.tgt.path,
-        cfg.data.max_len,
-        cfg.data.max_ratio,
-        workers=cache_workers(cfg),
-        encoding_errors=cfg.data.encoding_errors,
-    )
-    log(f"training data: {report.summary()}; encoded cache {'built' if built else 'reused'} in {cache_dir}")
-    if len(corpus) == 0:
-        raise DataError(
-            f"no training pairs left after filtering {cfg.data.train_src} / {cfg.data.train_tgt}",
-            "check the files, or raise data.max_len",
+    out = []
+    configs = cfg.data.corpora()
+    for i, (corpus_cfg, keys) in enumerate(zip(configs, corpus_keys(cfg), strict=True)):
+        corpus, report, built = open_or_build(
+            cache_dir,
+            corpus_cfg.src,
+            corpus_cfg.tgt,
+            tokenizer.src.path,
+            None if tokenizer.joint else tokenizer.tgt.path,
+            cfg.data.max_len,
+            cfg.data.max_ratio,
+            workers=cache_workers(cfg, corpus_cfg),
+            encoding_errors=cfg.data.encoding_errors,
         )
-    return corpus
+        name = f"{corpus_cfg.name}: " if cfg.data.train else ""
+        log(f"training data {name}{report.summary()}; encoded cache {'built' if built else 'reused'} in {cache_dir}")
+        if len(corpus) == 0:
+            where = f"data.train[{i}] ({corpus_cfg.name})" if cfg.data.train else "the training data"
+            raise DataError(
+                f"{where}: no training pairs left after filtering {corpus_cfg.src} / {corpus_cfg.tgt} ({keys[0]})",
+                "check the files, or raise data.max_len",
+            )
+        tag = tokenizer.src.tag_id(corpus_cfg.tgt_lang) if corpus_cfg.tgt_lang else None
+        out.append(TrainCorpus(corpus_cfg.name, corpus_cfg.weight, tag, corpus))
+    return out
 
 
-def encode_data(cfg: Config, raw: RawData, corpus: EncodedCorpus, tokenizer: Tokenizer, log: Any) -> EncodedData:
-    data = EncodedData(corpus.src_seqs, corpus.tgt_seqs, [], [], raw.dev_tgt)
-    if raw.dev_src:
-        data.dev_src = tokenizer.src.encode(raw.dev_src)
-        data.dev_tgt = tokenizer.tgt.encode(raw.dev_tgt)
+def encode_dev(cfg: Config, raw: RawData, tokenizer: Tokenizer, log: Any) -> list[DevSet]:
+    """The dev sets as piece ids, each source tagged with its target language; warns about a high <unk> rate."""
+    out = []
+    for dev_cfg, src_lines, tgt_lines in raw.dev:
+        src = tokenizer.src.encode(src_lines)
+        if dev_cfg.tgt_lang:
+            tag = tokenizer.src.tag_id(dev_cfg.tgt_lang)
+            src = [[tag, *ids] for ids in src]
+        dev = DevSet(dev_cfg.name, src, tokenizer.tgt.encode(tgt_lines), tgt_lines)
         rates = {
-            side: unk_rate(ids, tokenizer.specials.unk)
-            for side, ids in (("source", data.dev_src), ("target", data.dev_tgt))
+            side: unk_rate(ids, tokenizer.specials.unk) for side, ids in (("source", dev.src), ("target", dev.tgt))
         }
+        name = f" {dev.name}" if len(raw.dev) > 1 else ""
         log(
-            f"dev data: {len(raw.dev_src)} pairs; <unk> rate {rates['source']:.2%} source, {rates['target']:.2%} target"
+            f"dev data{name}: {len(src_lines)} pairs; <unk> rate {rates['source']:.2%} source, "
+            f"{rates['target']:.2%} target"
         )
         for side, rate in rates.items():
             if rate > cfg.data.unk_warn:
                 log(
-                    f"warning: {rate:.1%} of the dev {side} pieces are <unk>: the tokenizer does not fit this data "
-                    "(another language or script?); check tokenizer.model or raise tokenizer.character_coverage"
+                    f"warning: {rate:.1%} of the dev{name} {side} pieces are <unk>: the tokenizer does not fit this "
+                    "data (another language or script?); check tokenizer.model or raise tokenizer.character_coverage"
                 )
-    return data
+        out.append(dev)
+    return out
 
 
-def prepare(cfg: Config, run_dir: Path, log: Any) -> EncodedCorpus:
+def prepare(cfg: Config, run_dir: Path, log: Any) -> list[TrainCorpus]:
     """Check the data, train the tokenizer where the config names one that does not exist yet, and build the encoded
-    corpus cache: what `seqtool train` would do first, ahead of time (e.g. before a multi-node run)."""
+    corpus caches: what `seqtool train` would do first, ahead of time (e.g. before a multi-node run)."""
     named = cfg.tokenizer.model if cfg.tokenizer.joint else cfg.tokenizer.src_model and cfg.tokenizer.tgt_model
     if not named:
         raise ConfigError(
@@ -192,6 +240,32 @@ def prepare(cfg: Config, run_dir: Path, log: Any) -> EncodedCorpus:
     run = RunDir(Path(run_dir))
     run.root.mkdir(parents=True, exist_ok=True)
     tokenizer = ensure_tokenizer(cfg, run, log)
-    corpus = encoded_corpus(cfg, run, tokenizer, log)
-    log(f"dev data: {len(raw.dev_src)} pairs" if raw.dev_src else "no dev data")
-    return corpus
+    corpora = encoded_corpora(cfg, run, tokenizer, log)
+    log(", ".join(f"dev data {d.name}: {len(src)} pairs" for d, src, _ in raw.dev) if raw.dev else "no dev data")
+    return corpora
+
+
+def batch_shares(corpora: Sequence[TrainCorpus]) -> list[float]:
+    """Each corpus's expected share of the batches (its weight over the sum)."""
+    total = sum(c.weight for c in corpora)
+    return [c.weight / total for c in corpora]
+
+
+def corpora_summary(corpora: Sequence[TrainCorpus]) -> list[dict[str, Any]]:
+    """Per corpus: name, weight, share of the batches, target-language tag and the filter report (RUN_DIR/corpora.json,
+    shown by `seqtool info`)."""
+    out = []
+    for corpus, share in zip(corpora, batch_shares(corpora), strict=True):
+        report = corpus.corpus.report
+        out.append(
+            {
+                "name": corpus.name,
+                "weight": corpus.weight,
+                "batch_share": share,
+                "tagged": corpus.tag is not None,
+                "pairs": report.total,
+                "kept": report.kept,
+                "dropped": {reason: n for reason, n in report.dropped.items() if n},
+            }
+        )
+    return out

@@ -26,10 +26,10 @@ from seqtool import __version__
 from seqtool.atomic import atomic_write_text
 from seqtool.checkpoint import average_checkpoint_files, load_checkpoint, save_checkpoint
 from seqtool.config import Config, config_diff, config_to_dict, dump_config
-from seqtool.data.batching import Batch, BatchSampler, make_batch
+from seqtool.data.batching import Batch, BatchSampler, CorpusMix, make_batch
 from seqtool.decode.search import SearchConfig
 from seqtool.decode.translate import translate_ids
-from seqtool.errors import ConfigError, TrainingError
+from seqtool.errors import CheckpointError, ConfigError, TrainingError
 from seqtool.evaluate import corpus_bleu
 from seqtool.models import build_model
 from seqtool.models.base import Seq2SeqModel
@@ -48,7 +48,16 @@ from seqtool.train.distributed import (
 )
 from seqtool.train.loss import label_smoothed_nll
 from seqtool.train.optim import build_optimizer, build_scheduler
-from seqtool.train.setup import encode_data, encoded_corpus, ensure_tokenizer, prepare_run_dir, read_data
+from seqtool.train.setup import (
+    DevSet,
+    batch_shares,
+    corpora_summary,
+    encode_dev,
+    encoded_corpora,
+    ensure_tokenizer,
+    prepare_run_dir,
+    read_data,
+)
 from seqtool.train.state import all_rng_states, apply_hyperparameters, restore_rank_rng, truncate_metrics
 
 MAX_SKIPPED_IN_A_ROW = 20  # with train.skip_nonfinite: this many bad updates in a row end the run
@@ -149,8 +158,10 @@ class Trainer:
         init_from: Path | None = None,
         reporter: Reporter | None = None,
     ) -> None:
-        if not cfg.data.train_src or not cfg.data.train_tgt:
-            raise ConfigError("data.train_src and data.train_tgt are required to train")
+        if not cfg.data.corpora() or not all(c.src and c.tgt for c in cfg.data.corpora()):
+            raise ConfigError(
+                "training data is required: data.train_src and data.train_tgt (or data.train, a list of corpora)"
+            )
         self.run = RunDir(Path(run_dir))
         self.dist = context_from_env()  # rank 0 alone writes the run directory, logs and shows progress
         self.reporter = (reporter or NullReporter()) if self.dist.is_main else NullReporter()
@@ -172,13 +183,14 @@ class Trainer:
             self.precision = "fp32"
         if self.dist.is_main:
             self.tokenizer = ensure_tokenizer(cfg, self.run, self.log)
-            self.corpus = encoded_corpus(cfg, self.run, self.tokenizer, self.log)
-        barrier(self.dist)  # the other ranks open the tokenizer and the corpus cache rank 0 prepared
+            self.corpora = encoded_corpora(cfg, self.run, self.tokenizer, self.log)
+        barrier(self.dist)  # the other ranks open the tokenizer and the corpus caches rank 0 prepared
         if not self.dist.is_main:
             self.tokenizer = Tokenizer.load(*self.run.tokenizer_paths(cfg.tokenizer.joint))
-            self.corpus = encoded_corpus(cfg, self.run, self.tokenizer, self.log)
-        self.data = encode_data(cfg, raw, self.corpus, self.tokenizer, self.log)
+            self.corpora = encoded_corpora(cfg, self.run, self.tokenizer, self.log)
+        self.dev_sets = encode_dev(cfg, raw, self.tokenizer, self.log)
         if self.dist.is_main:
+            atomic_write_text(self.run.corpora, json.dumps(corpora_summary(self.corpora), indent=1) + "\n")
             atomic_write_text(self.run.config, dump_config(cfg))  # written last: its presence marks a started run
         # each rank its own dropout stream (rank 0 that of a single process); DDP gives every rank rank 0's weights
         seed_everything(cfg.seed, self.dist.rank)
@@ -188,7 +200,17 @@ class Trainer:
         ).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
-        self.sampler = BatchSampler(self.corpus.src_lengths, self.corpus.tgt_lengths, cfg.train.batch_tokens, cfg.seed)
+        self.sampler = CorpusMix(
+            [
+                # corpus k > 0 seeds its own epochs apart from the others (corpus 0 as a run of one corpus)
+                BatchSampler(c.corpus.src_lengths + (c.tag is not None), c.corpus.tgt_lengths, cfg.train.batch_tokens,
+                             cfg.seed if k == 0 else cfg.seed + 1_000_003 * k)
+                for k, c in enumerate(self.corpora)
+            ],
+            [c.weight for c in self.corpora],
+        )  # fmt: skip
+        self.corpus_tokens = [0] * len(self.corpora)  # target tokens drawn from each corpus, over the run
+        self.window_corpus_tokens = [0] * len(self.corpora)  # ... since the last log line
         self.step = 0
         self.best_bleu: float | None = None
         self.stale_evals = 0
@@ -210,10 +232,17 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         processes = f", {self.dist.world_size} processes" if self.dist.enabled else ""
+        per_epoch = self.sampler.batches_per_epoch
+        if len(self.corpora) == 1:
+            batches = f"{per_epoch[0]} batches per epoch"
+        else:
+            batches = "batches per epoch and share of the batches: " + ", ".join(
+                f"{c.name} {n} ({share:.0%})"
+                for c, n, share in zip(self.corpora, per_epoch, batch_shares(self.corpora), strict=True)
+            )
         self.log(
             f"model: {cfg.model.kind}, {self.model.num_parameters():,} parameters; device {self.device}, "
-            f"{self.precision}{processes}; {self.sampler.batches_per_epoch} batches per epoch, "
-            f"padding {self.sampler.padding_fraction():.1%}"
+            f"{self.precision}{processes}; {batches}, padding {self.sampler.padding_fraction():.1%}"
         )
 
     # -- logging ------------------------------------------------------------------------------------------------------
@@ -254,6 +283,7 @@ class Trainer:
                 optimizer=self.optimizer.state_dict(),
                 scheduler=self.scheduler.state_dict(),
                 sampler=self.sampler.state_dict(),
+                corpus_tokens=list(self.corpus_tokens),
                 best_bleu=self.best_bleu,
                 stale_evals=self.stale_evals,
                 rng=rng,
@@ -274,7 +304,14 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         changed = apply_hyperparameters(self.optimizer, self.scheduler, self.cfg.train)
-        self.sampler.load_state_dict(state["sampler"])
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+        except ValueError as exc:
+            raise CheckpointError(
+                f"{path}: cannot resume: {exc}",
+                "resume with the corpora the run was started with (data.train), or start a new run with --init-from",
+            ) from None
+        self.corpus_tokens = [int(n) for n in state.get("corpus_tokens", [0] * len(self.corpora))]
         self.step = int(state["step"])
         self.best_bleu = state.get("best_bleu")
         self.stale_evals = int(state.get("stale_evals", 0))
@@ -307,7 +344,7 @@ class Trainer:
         trained = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.model.load_state_dict(state["model"])
         message = f"averaged {len(paths)} checkpoints ({paths[0].stem} .. {paths[-1].stem})"
-        if self.data.dev_src:
+        if self.dev_sets:
             result = self.evaluate()
             state.update(dev_bleu=result["dev_bleu"], dev_loss=result["dev_loss"])
             self._metrics({"type": "eval", "step": self.step, "averaged": len(paths), **result})
@@ -330,10 +367,31 @@ class Trainer:
     # -- validation ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Dev loss/perplexity (teacher forcing, no smoothing) and dev BLEU (greedy, detokenised)."""
+        """Dev loss/perplexity (teacher forcing, no smoothing) and dev BLEU (greedy, detokenised) of every dev set.
+
+        With several dev sets, each has its `dev_loss.NAME` and `dev_bleu.NAME`, and `dev_loss`/`dev_bleu` are those
+        of data.select_on (a set's name, or the mean over the sets): what picks best.pt and counts for patience.
+        """
         self.model.eval()
+        results = {dev.name: self._evaluate_set(dev) for dev in self.dev_sets}
+        self.model.train()
+        if len(results) == 1:
+            return next(iter(results.values()))
+        out: dict[str, float] = {}
+        for name, result in results.items():
+            out[f"dev_loss.{name}"] = result["dev_loss"]
+            out[f"dev_bleu.{name}"] = result["dev_bleu"]
+        select = self.cfg.data.select_on
+        if select == "mean":
+            dev_loss = sum(r["dev_loss"] for r in results.values()) / len(results)
+            dev_bleu = sum(r["dev_bleu"] for r in results.values()) / len(results)
+        else:
+            dev_loss, dev_bleu = results[select]["dev_loss"], results[select]["dev_bleu"]
+        return {"dev_loss": dev_loss, "dev_ppl": math.exp(min(dev_loss, 50.0)), "dev_bleu": dev_bleu, **out}
+
+    def _evaluate_set(self, dev: DevSet) -> dict[str, float]:
         nll_total, tokens = 0.0, 0
-        src, tgt = self.data.dev_src, self.data.dev_tgt
+        src, tgt = dev.src, dev.tgt
         order = sorted(range(len(src)), key=lambda i: (len(tgt[i]), len(src[i])))
         rows = max(1, self.cfg.train.batch_tokens // 64)
         for start in range(0, len(order), rows):
@@ -348,19 +406,18 @@ class Trainer:
         search_cfg = SearchConfig.from_decode(self.cfg.decode, beam=1, nbest=1, length_penalty=0.0)  # greedy
         hyps = translate_ids(self.model, src, search_cfg, self.cfg.decode.batch_tokens, self.device, self.precision)
         texts = self.tokenizer.tgt.decode([h[0].tokens if h else [] for h in hyps])
-        self.model.train()
         dev_loss = nll_total / max(tokens, 1)
         return {
             "dev_loss": dev_loss,
             "dev_ppl": math.exp(min(dev_loss, 50.0)),
-            "dev_bleu": corpus_bleu(texts, self.data.dev_refs),
+            "dev_bleu": corpus_bleu(texts, dev.refs),
         }
 
     def _validate_and_save(self) -> None:
         """Dev loss and BLEU (rank 0), best.pt when BLEU improved, then last.pt (every rank takes part)."""
         if self.dist.is_main:
             self._check_finite()
-        if self.dist.is_main and self.data.dev_src:
+        if self.dist.is_main and self.dev_sets:
             self.last_eval = self.evaluate()
             bleu = self.last_eval["dev_bleu"]
             improved = self.best_bleu is None or bleu > self.best_bleu
@@ -369,9 +426,17 @@ class Trainer:
                 self.best_bleu = bleu
                 save_checkpoint(self.run.checkpoint("best"), self._checkpoint_state())
             self._metrics({"type": "eval", "step": self.step, **self.last_eval, "best_bleu": self.best_bleu})
+            per_set = drawn = ""
+            if len(self.dev_sets) > 1:
+                scores = (f"{d.name} {self.last_eval[f'dev_bleu.{d.name}']:.2f}" for d in self.dev_sets)
+                per_set = f" [{', '.join(scores)}; {self.cfg.data.select_on}]"
+            if len(self.corpora) > 1:
+                total = sum(self.corpus_tokens) or 1
+                shares = (f"{c.name} {n / total:.1%}" for c, n in zip(self.corpora, self.corpus_tokens, strict=True))
+                drawn = "; target tokens drawn so far: " + ", ".join(shares)
             self.log(
                 f"step {self.step}: dev loss {self.last_eval['dev_loss']:.3f} (ppl {self.last_eval['dev_ppl']:.1f}), "
-                f"dev BLEU {bleu:.2f}" + (" (best)" if improved else f" (best {self.best_bleu:.2f})")
+                f"dev BLEU {bleu:.2f}{per_set}" + (" (best)" if improved else f" (best {self.best_bleu:.2f})") + drawn
             )
         self._save_last()
 
@@ -388,6 +453,7 @@ class Trainer:
         self.started = time.monotonic()
         deadline = self.started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
         self.window_start, self.window_tokens = time.monotonic(), 0
+        self.window_corpus_tokens = [0] * len(self.corpora)
         self.logged_step = self.saved_step = self.step
         stop_reason = "max_steps"
         self.reporter.start(tcfg.max_steps, self.step, deadline if tcfg.max_minutes else None)
@@ -533,19 +599,28 @@ class Trainer:
             + "lower train.lr, raise train.warmup, or set train.skip_nonfinite: true",
         )
 
-    def _next_batches(self, batches: Iterator[list[int]], count: int) -> list[Batch]:
+    def _next_batches(self, batches: Iterator[tuple[int, list[int]]], count: int) -> list[Batch]:
         """This rank's `count` batches of one update, on the device, each knowing the update's total target tokens.
 
         An update takes count × world_size batches from the (identical on every rank) sampler; rank r trains on
         batches r, r + world_size, ... So N processes with accum_steps A see what one process with accum_steps N × A
-        sees, batch for batch.
+        sees, batch for batch. Each batch comes from one corpus (see `CorpusMix`), its sources tagged with the
+        corpus's target language when it has one.
         """
-        src, tgt = self.data.train_src, self.data.train_tgt
         world, rank = self.dist.world_size, self.dist.rank
         update = list(islice(batches, count * world))
-        lengths = self.corpus.tgt_lengths  # from the cache's offsets: no sequence is read for the count
-        total = sum(int(lengths[idx].sum()) + len(idx) for idx in update)  # + </s> per sentence
-        group = [make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials) for idx in update[rank::world]]
+        total = 0
+        for k, idx in update:
+            lengths = self.corpora[k].corpus.tgt_lengths  # from the cache's offsets: no sequence is read for the count
+            tokens = int(lengths[idx].sum()) + len(idx)  # + </s> per sentence
+            self.corpus_tokens[k] += tokens
+            self.window_corpus_tokens[k] += tokens
+            total += tokens
+        group = []
+        for k, idx in update[rank::world]:
+            corpus = self.corpora[k]
+            src, tgt = corpus.corpus.src_seqs, corpus.corpus.tgt_seqs
+            group.append(make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials, corpus.tag))
         for b in group:
             b.update_tokens = total
         return [b.to(self.device) for b in group]
@@ -579,6 +654,12 @@ class Trainer:
             "tgt_tok_s": tokens / max(seconds, 1e-9),
             "elapsed_s": time.monotonic() - started,
         }
+        if len(self.corpora) > 1:  # the share of target tokens drawn from each corpus, in this window and so far
+            window, run = sum(self.window_corpus_tokens) or 1, sum(self.corpus_tokens) or 1
+            for corpus, drawn, so_far in zip(self.corpora, self.window_corpus_tokens, self.corpus_tokens, strict=True):
+                record[f"share.{corpus.name}"] = drawn / window
+                record[f"run_share.{corpus.name}"] = so_far / run
+        self.window_corpus_tokens = [0] * len(self.corpora)
         self._metrics(record)
         self.reporter.update({"loss": loss, "tok_s": record["tgt_tok_s"], "lr": record["lr"]})
 

@@ -20,12 +20,26 @@ import yaml
 from seqtool.checkpoint import load_checkpoint
 
 
-def config(corpus: dict[str, Path], path: Path) -> Path:
+def two_corpora(corpus: dict[str, Path], root: Path) -> dict[str, object]:
+    """data.train with the training pairs split in two corpora (first 400 and last 200 lines), weights 1 and 2."""
+    train = []
+    for name, lines, weight in (("head", slice(0, 400), 1), ("tail", slice(400, None), 2)):
+        files = {}
+        for side, lang in (("src", "en"), ("tgt", "de")):
+            files[side] = root / f"{name}.{lang}"
+            text = corpus[f"train.{lang}"].read_text(encoding="utf-8").splitlines(keepends=True)[lines]
+            files[side].write_text("".join(text), encoding="utf-8")
+        train.append({"name": name, "src": str(files["src"]), "tgt": str(files["tgt"]), "weight": weight})
+    return {"train": train, "dev_src": str(corpus["dev.en"]), "dev_tgt": str(corpus["dev.de"])}
+
+
+def config(corpus: dict[str, Path], path: Path, corpora: int = 1) -> Path:
     path.write_text(
         yaml.safe_dump(
             {
                 "data": {k: str(corpus[f]) for k, f in [("train_src", "train.en"), ("train_tgt", "train.de"),
-                                                        ("dev_src", "dev.en"), ("dev_tgt", "dev.de")]},
+                                                        ("dev_src", "dev.en"), ("dev_tgt", "dev.de")]}
+                if corpora == 1 else two_corpora(corpus, path.parent),
                 "tokenizer": {"vocab_size": 300},
                 "model": {"kind": "transformer", "d_model": 64, "heads": 2, "ffn_dim": 128,
                           "encoder_layers": 1, "decoder_layers": 1},
@@ -72,23 +86,35 @@ def final_params(run: Path) -> dict[str, torch.Tensor]:
     return state["model"]
 
 
-@pytest.fixture(scope="module")
-def straight_run(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("signals")
-    cfg = config(tiny_corpus, root / "c.yaml")
+def straight(tiny_corpus: dict[str, Path], root: Path, corpora: int) -> tuple[Path, Path]:
+    """A config and its run, trained without interruption."""
+    cfg = config(tiny_corpus, root / "c.yaml", corpora)
     proc = start(str(cfg), "--run-dir", str(root / "straight"))
     assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
     return cfg, root / "straight"
 
 
+@pytest.fixture(scope="module")
+def straight_run(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return straight(tiny_corpus, tmp_path_factory.mktemp("signals"), 1)
+
+
+@pytest.fixture(scope="module")
+def straight_run_two_corpora(
+    tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    return straight(tiny_corpus, tmp_path_factory.mktemp("signals2"), 2)
+
+
 # about 30 s (make test-slow): the random-moment test below kills with SIGKILL 4 times in the default run, and
 # tests/cli/test_training_options.py stops a run with SIGTERM
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["sigint", "sigkill"])
+@pytest.mark.parametrize(("how", "corpora"), [("sigint", 1), ("sigkill", 1), ("sigkill", 2)])
 def test_stopped_and_resumed_run_matches_the_straight_run(
-    how: str, straight_run: tuple[Path, Path], tmp_path: Path
+    how: str, corpora: int, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    cfg, straight = straight_run
+    """Two corpora: each has its own sampler position, and the batches drawn per corpus are in the checkpoint."""
+    cfg, straight = request.getfixturevalue("straight_run" if corpora == 1 else "straight_run_two_corpora")
     run = tmp_path / "run"
     proc = start(str(cfg), "--run-dir", str(run))
     if how == "sigint":
@@ -109,8 +135,13 @@ def test_stopped_and_resumed_run_matches_the_straight_run(
     assert resumed.returncode == 0, err
     a, b = final_params(straight), final_params(run)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed parameters differ from the uninterrupted run"
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records]
     assert steps == sorted(steps)  # metrics logged after the last checkpoint were dropped on resume
+    if corpora == 2:  # both corpora drawn from, and the run's token shares are the uninterrupted run's
+        final = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()][-2]
+        assert records[-2]["step"] == final["step"] == 60 and records[-2]["type"] == "train"
+        assert records[-2]["run_share.tail"] == final["run_share.tail"] > records[-2]["run_share.head"] > 0
 
 
 SAVE_EVERY = 10  # train.eval_every in `config`: last.pt is written after each validation

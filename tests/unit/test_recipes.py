@@ -39,7 +39,7 @@ def name(path: Path) -> str:
 
 def data_paths(cfg: Config) -> list[str]:
     """Every file a config names (empty = not used)."""
-    files = [cfg.data.train_src, cfg.data.train_tgt, cfg.data.dev_src, cfg.data.dev_tgt]
+    files = [path for part in [*cfg.data.corpora(), *cfg.data.dev_sets()] for path in (part.src, part.tgt)]
     files += [cfg.tokenizer.model, cfg.tokenizer.src_model, cfg.tokenizer.tgt_model]
     return [file for file in files if file]
 
@@ -57,7 +57,7 @@ def test_there_are_recipes() -> None:
 @pytest.mark.parametrize("recipe", CONFIGS, ids=name)
 def test_every_recipe_loads(recipe: Path) -> None:
     cfg = load_config(recipe)
-    assert cfg.data.train_src and cfg.data.train_tgt
+    assert cfg.data.corpora() and all(c.src and c.tgt for c in cfg.data.corpora())
     assert not any(Path(file).is_absolute() for file in data_paths(cfg)), "paths must be relative to the repo root"
 
 
@@ -66,15 +66,15 @@ def test_offline_recipe_data_is_in_the_repository(recipe: Path) -> None:
     cfg = load_config(recipe)
     missing = [file for file in data_paths(cfg) if not (REPO / file).is_file()]
     assert not missing, f"{name(recipe)} names files that are not in the repository: {missing}"
-    src, tgt = REPO / cfg.data.train_src, REPO / cfg.data.train_tgt
-    pairs = [(src, tgt)]
-    if cfg.data.dev_src:
-        pairs.append((REPO / cfg.data.dev_src, REPO / cfg.data.dev_tgt))
-    # the test split beside the training files, which the recipe's README translates and scores
-    if src.name.startswith("train.") and tgt.name.startswith("train."):
-        test_src, test_tgt = src.with_name("test" + src.suffix), tgt.with_name("test" + tgt.suffix)
-        assert test_src.is_file() and test_tgt.is_file(), f"no test split beside {cfg.data.train_src}"
-        pairs.append((test_src, test_tgt))
+    pairs = [(REPO / dev.src, REPO / dev.tgt) for dev in cfg.data.dev_sets()]
+    for corpus in cfg.data.corpora():
+        src, tgt = REPO / corpus.src, REPO / corpus.tgt
+        pairs.append((src, tgt))
+        # the test split beside the training files, which the recipe's README translates and scores
+        if src.name.startswith("train.") and tgt.name.startswith("train."):
+            test_src, test_tgt = src.with_name("test" + src.suffix), tgt.with_name("test" + tgt.suffix)
+            assert test_src.is_file() and test_tgt.is_file(), f"no test split beside {corpus.src}"
+            pairs.append((test_src, test_tgt))
     for src_file, tgt_file in pairs:
         assert line_count(src_file) == line_count(tgt_file) > 0, (src_file, tgt_file)
 

@@ -231,7 +231,7 @@ def test_crlf_bom_nul_and_tabs_in_the_corpus_train_fine(
     cfg = tiny_config(tiny_corpus, spm_model, max_steps=2, eval_every=2)
     cfg.data.train_src, cfg.data.train_tgt = str(tmp_path / "s.en"), str(tmp_path / "t.de")
     trainer = Trainer(cfg, tmp_path / "run")
-    assert len(trainer.data.train_src) == len(src)  # nothing dropped, no line split by the CR or NUL
+    assert len(trainer.corpora[0].corpus) == len(src)  # nothing dropped, no line split by the CR or NUL
     assert trainer.fit().steps == 2
 
 

@@ -42,7 +42,7 @@ def test_two_accumulated_half_batches_equal_one_full_batch(
     full = Trainer(cfg, tmp_path / "a")
     half = Trainer(cfg, tmp_path / "b")
     half.model.load_state_dict(full.model.state_dict())
-    src, tgt = full.data.train_src[:16], full.data.train_tgt[:16]
+    src, tgt = full.corpora[0].corpus.src_seqs[:16], full.corpora[0].corpus.tgt_seqs[:16]
     full._update([make_batch(src, tgt, full.specials)])
     first, second = make_batch(src[:8], tgt[:8], full.specials), make_batch(src[8:], tgt[8:], full.specials)
     first.update_tokens = second.update_tokens = first.tgt_tokens + second.tgt_tokens

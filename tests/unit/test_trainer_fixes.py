@@ -107,9 +107,12 @@ def test_update_token_count_reads_no_sequence_twice(
     cfg = tiny_config(tiny_corpus, spm_model, max_steps=1, eval_every=100, accum_steps=3)
     trainer = Trainer(cfg, tmp_path / "run")
     reads: list[int] = []
-    seqs = trainer.data.train_tgt
+    corpus = trainer.corpora[0].corpus
+    seqs = corpus.tgt_seqs
 
     class Counting:
+        lengths = seqs.lengths  # from the offsets: the count reads no sequence
+
         def __getitem__(self, i: int) -> Any:
             reads.append(int(i))
             return seqs[i]
@@ -117,11 +120,11 @@ def test_update_token_count_reads_no_sequence_twice(
         def __len__(self) -> int:
             return len(seqs)
 
-    trainer.data.train_tgt = Counting()  # type: ignore[assignment]
+    corpus.tgt_seqs = Counting()  # type: ignore[assignment]
     group = trainer._next_batches(iter(trainer.sampler), 3)
     rows = sum(b.tgt_out.size(0) for b in group)
     assert len(reads) == len(set(reads)) == rows
-    lengths = trainer.corpus.tgt_lengths
+    lengths = corpus.tgt_lengths
     assert group[0].update_tokens == sum(int(lengths[i]) + 1 for i in reads)
     assert group[0].update_tokens == sum(b.tgt_tokens for b in group)
 
