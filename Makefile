@@ -6,7 +6,7 @@ BIN   := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BROWSER := $(VENV)/.browser
 
-.PHONY: setup demo test test-slow lint format clean bench-train bench-quality bench-translate bench-serve bench-controls bench-scale docs
+.PHONY: setup demo test test-slow lint format clean bench-train bench-quality bench-translate bench-serve bench-controls bench-corpora bench-scale docs
 
 setup: $(STAMP) $(BROWSER)
 
@@ -70,6 +70,11 @@ bench-serve: setup
 # decoding controls side by side: beam, greedy, sampling, scoring, prefix, --align, a 2-model ensemble
 bench-controls: setup
 	bash tests/benchmarks/bench_controls.sh
+
+# several corpora and languages: WHAT=multilingual (en->de+fr, 80 min), weighting (wesnoth + l10n, 80 min) or
+# throughput (one corpus against the same pairs as two, 4 x 5 min)
+bench-corpora: setup
+	bash tests/benchmarks/bench_corpora.sh
 
 # corpora larger than RAM: cache build + 500 training steps on 1M and 5M synthetic pairs, peak RSS (about 40 min)
 bench-scale: setup

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from seqtool.config import Config, CorpusConfig, DevSetConfig
+from seqtool.data.batching import BatchSampler, CorpusMix
 from seqtool.data.corpus import check_utf8, read_parallel
 from seqtool.data.dataset import EncodedCorpus, check_line_counts, open_or_build
 from seqtool.errors import CheckpointError, ConfigError, DataError
@@ -185,8 +186,8 @@ def encoded_corpora(cfg: Config, run: RunDir, tokenizer: Tokenizer, log: Any) ->
             workers=cache_workers(cfg, corpus_cfg),
             encoding_errors=cfg.data.encoding_errors,
         )
-        name = f"{corpus_cfg.name}: " if cfg.data.train else ""
-        log(f"training data {name}{report.summary()}; encoded cache {'built' if built else 'reused'} in {cache_dir}")
+        name = f" {corpus_cfg.name}" if cfg.data.train else ""
+        log(f"training data{name}: {report.summary()}; encoded cache {'built' if built else 'reused'} in {cache_dir}")
         if len(corpus) == 0:
             where = f"data.train[{i}] ({corpus_cfg.name})" if cfg.data.train else "the training data"
             raise DataError(
@@ -269,3 +270,17 @@ def corpora_summary(corpora: Sequence[TrainCorpus]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def corpus_mix(corpora: Sequence[TrainCorpus], batch_tokens: int, seed: int) -> CorpusMix:
+    """The training batches: a length-bucketed sampler per corpus (sources one piece longer when tagged), mixed by
+    weight. Corpus 0 is seeded as a run of one corpus (a single corpus trains as before); corpus k > 0 has its own
+    seed, so corpora of equal lengths are not shuffled alike."""
+    return CorpusMix(
+        [
+            BatchSampler(c.corpus.src_lengths + (c.tag is not None), c.corpus.tgt_lengths, batch_tokens,
+                         seed if k == 0 else seed + 1_000_003 * k)
+            for k, c in enumerate(corpora)
+        ],
+        [c.weight for c in corpora],
+    )  # fmt: skip

@@ -26,7 +26,7 @@ from seqtool import __version__
 from seqtool.atomic import atomic_write_text
 from seqtool.checkpoint import average_checkpoint_files, load_checkpoint, save_checkpoint
 from seqtool.config import Config, config_diff, config_to_dict, dump_config
-from seqtool.data.batching import Batch, BatchSampler, CorpusMix, make_batch
+from seqtool.data.batching import Batch, make_batch
 from seqtool.decode.search import SearchConfig
 from seqtool.decode.translate import translate_ids
 from seqtool.errors import CheckpointError, ConfigError, TrainingError
@@ -52,6 +52,7 @@ from seqtool.train.setup import (
     DevSet,
     batch_shares,
     corpora_summary,
+    corpus_mix,
     encode_dev,
     encoded_corpora,
     ensure_tokenizer,
@@ -200,15 +201,7 @@ class Trainer:
         ).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
-        self.sampler = CorpusMix(
-            [
-                # corpus k > 0 seeds its own epochs apart from the others (corpus 0 as a run of one corpus)
-                BatchSampler(c.corpus.src_lengths + (c.tag is not None), c.corpus.tgt_lengths, cfg.train.batch_tokens,
-                             cfg.seed if k == 0 else cfg.seed + 1_000_003 * k)
-                for k, c in enumerate(self.corpora)
-            ],
-            [c.weight for c in self.corpora],
-        )  # fmt: skip
+        self.sampler = corpus_mix(self.corpora, cfg.train.batch_tokens, cfg.seed)
         self.corpus_tokens = [0] * len(self.corpora)  # target tokens drawn from each corpus, over the run
         self.window_corpus_tokens = [0] * len(self.corpora)  # ... since the last log line
         self.step = 0

@@ -205,3 +205,11 @@ def translate_in_the_page(url: str, sentence: str, language: str, screenshot: Pa
         finally:
             browser.close()
     return shown
+
+
+def test_plot_draws_a_line_per_dev_set() -> None:
+    from seqtool.plot import _lines
+
+    records = [{"type": "eval", "step": 5, "dev_bleu": 2.0, "dev_bleu.de": 1.0, "dev_bleu.fr": 3.0}]
+    assert _lines(records, "dev_bleu", "run") == [("dev_bleu.de", "run de"), ("dev_bleu.fr", "run fr")]
+    assert _lines([{"type": "eval", "step": 5, "dev_bleu": 2.0}], "dev_bleu", "run") == [("dev_bleu", "run")]
