@@ -343,6 +343,10 @@ PrecisionOption = Annotated[Precision, typer.Option(help="fp32, or bf16 autocast
 Ct2ModelOption = Annotated[
     Path | None, typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2).")
 ]
+WeightsOption = Annotated[
+    str | None,
+    typer.Option(help="Ensemble: each run's weight, e.g. 0.6,0.4 (default: equal); log-probs are averaged."),
+]
 TgtLangOption = Annotated[
     str,
     typer.Option(
@@ -453,10 +457,7 @@ def translate(
             help="Append <TAB> and the word alignment (Pharaoh `src-tgt` pairs, from the cross-attention).",
         ),
     ] = False,
-    weights: Annotated[
-        str | None,
-        typer.Option(help="Ensemble: each run's weight, e.g. 0.6,0.4 (default: equal); log-probs are averaged."),
-    ] = None,
+    weights: WeightsOption = None,
     tgt_lang: TgtLangOption = "",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
@@ -560,10 +561,7 @@ def score(
         Engine, typer.Option(help="torch, or ctranslate2 (a model written by `seqtool export`).")
     ] = Engine(_DECODE.engine),
     ct2_model: Ct2ModelOption = _DECODE.ct2_model,
-    weights: Annotated[
-        str | None,
-        typer.Option(help="Ensemble: each run's weight, e.g. 0.6,0.4 (default: equal); log-probs are averaged."),
-    ] = None,
+    weights: WeightsOption = None,
     tgt_lang: TgtLangOption = "",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
 ) -> None:
