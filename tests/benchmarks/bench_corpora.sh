@@ -4,7 +4,8 @@
 #   WHAT=multilingual bash tests/benchmarks/bench_corpora.sh   # en->{de,fr} in one model (40 min) beside the two
 #                                                               # bilingual recipes (20 min each)
 #   WHAT=weighting bash tests/benchmarks/bench_corpora.sh      # wesnoth en->de alone, and with l10n en->de at
-#                                                               # wesnoth:l10n weights 1:1, 3:1 and 10:1 (20 min each)
+#                                                               # wesnoth:l10n weights 1:1, 3:1 and 10:1 (20 min each,
+#                                                               # one joint tokenizer trained on both corpora for all)
 #   WHAT=throughput bash tests/benchmarks/bench_corpora.sh     # tok/s and peak RSS: wesnoth en->fr as one corpus,
 #                                                               # and split in two corpora (MINUTES each, default 5)
 # SET="--set KEY=VALUE ..." is added to every training (a smoke test: SET="--set train.max_minutes=0.2").
@@ -74,9 +75,13 @@ case "$WHAT" in
     score defr-fr "$OUT/defr" $FR/test.en $FR/test.fr --tgt-lang fr
     ;;
   weighting)
-    train alone recipes/wesnoth-en-de/transformer.yaml
+    # One tokenizer for all four rows, trained on both corpora, so that the weights are the only difference.
+    $SEQTOOL tokenizer train -i $DE/train.en -i $DE/train.de -i $L10N/train.en -i $L10N/train.de \
+      --vocab-size 8000 -o "$OUT/spm"
+    train alone recipes/wesnoth-en-de/transformer.yaml --set tokenizer.model="$OUT/spm.model"
     for w in 1 3 10; do
-      train "w$w" recipes/wesnoth-en-de/transformer.yaml --set data.train_src= --set data.train_tgt= \
+      train "w$w" recipes/wesnoth-en-de/transformer.yaml --set tokenizer.model="$OUT/spm.model" \
+        --set data.train_src= --set data.train_tgt= \
         --set "data.train=[{name: wesnoth, src: $DE/train.en, tgt: $DE/train.de, weight: $w},
                            {name: l10n, src: $L10N/train.en, tgt: $L10N/train.de, weight: 1}]"
     done
