@@ -8,6 +8,7 @@
 #                                                               # one joint tokenizer trained on both corpora for all)
 #   WHAT=throughput bash tests/benchmarks/bench_corpora.sh     # tok/s and peak RSS: wesnoth en->fr as one corpus,
 #                                                               # and split in two corpora (MINUTES each, default 5)
+# ROWS=own (weighting only) runs the recipe-as-is row alone, appending to an existing results.jsonl.
 # SET="--set KEY=VALUE ..." is added to every training (a smoke test: SET="--set train.max_minutes=0.2").
 # Writes $OUT/NAME.* and one JSON line per result to $OUT/results.jsonl; prints the table at the end.
 set -euo pipefail
@@ -19,7 +20,7 @@ SEQTOOL=.venv/bin/seqtool
 PROBE=${PROBE:-../shared/bench/bench_lib.py}
 L10N=${L10N:-../shared/data/l10n-en-de}
 read -ra EXTRA <<< "${SET:-}"  # e.g. SET="--set train.max_minutes=0.2" for a smoke test
-mkdir -p "$OUT"; rm -f "$OUT/results.jsonl"
+mkdir -p "$OUT"; [ -n "${ROWS:-}" ] || rm -f "$OUT/results.jsonl"
 
 probe() { [ -f "$PROBE" ] && $PY "$PROBE" cpu-probe --threads 2 > "$OUT/probe.$1.json" || echo '{}' > "$OUT/probe.$1.json"; }
 
@@ -75,7 +76,13 @@ case "$WHAT" in
     score defr-fr "$OUT/defr" $FR/test.en $FR/test.fr --tgt-lang fr
     ;;
   weighting)
-    # One tokenizer for all four rows, trained on both corpora, so that the weights are the only difference.
+    # The recipe as it is (its tokenizer trained on Wesnoth only), then four rows sharing one tokenizer trained on both
+    # corpora, so that the weights are the only difference between them.
+    if [ -z "${ROWS:-}" ] || [ "$ROWS" = own ]; then
+      train own recipes/wesnoth-en-de/transformer.yaml
+      score own "$OUT/own" $DE/test.en $DE/test.de
+      [ -n "${ROWS:-}" ] && { cat "$OUT/results.jsonl"; exit 0; }
+    fi
     $SEQTOOL tokenizer train -i $DE/train.en -i $DE/train.de -i $L10N/train.en -i $L10N/train.de \
       --vocab-size 8000 -o "$OUT/spm"
     train alone recipes/wesnoth-en-de/transformer.yaml --set tokenizer.model="$OUT/spm.model"
