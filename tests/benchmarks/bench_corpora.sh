@@ -4,8 +4,9 @@
 #   WHAT=multilingual bash tests/benchmarks/bench_corpora.sh   # en->{de,fr} in one model (40 min) beside the two
 #                                                               # bilingual recipes (20 min each)
 #   WHAT=weighting bash tests/benchmarks/bench_corpora.sh      # wesnoth en->de alone, and with l10n en->de at
-#                                                               # wesnoth:l10n weights 1:1, 3:1 and 10:1 (20 min each,
-#                                                               # one joint tokenizer trained on both corpora for all)
+#                                                               # wesnoth:l10n weights 1:1, 3:1 and 10:1 (20 min each;
+#                                                               # the recipe as it is, then those four rows on one
+#                                                               # joint tokenizer trained on both corpora)
 #   WHAT=throughput bash tests/benchmarks/bench_corpora.sh     # tok/s and peak RSS: wesnoth en->fr as one corpus,
 #                                                               # and split in two corpora (MINUTES each, default 5)
 # ROWS=own (weighting only) runs the recipe-as-is row alone, appending to an existing results.jsonl.
@@ -20,7 +21,9 @@ SEQTOOL=.venv/bin/seqtool
 PROBE=${PROBE:-../shared/bench/bench_lib.py}
 L10N=${L10N:-../shared/data/l10n-en-de}
 read -ra EXTRA <<< "${SET:-}"  # e.g. SET="--set train.max_minutes=0.2" for a smoke test
-mkdir -p "$OUT"; [ -n "${ROWS:-}" ] || rm -f "$OUT/results.jsonl"
+ROWS=${ROWS:-all}
+case "$ROWS" in all|own) ;; *) echo "ROWS must be all or own" >&2; exit 2 ;; esac
+mkdir -p "$OUT"; [ "$ROWS" = own ] || rm -f "$OUT/results.jsonl"
 
 probe() { [ -f "$PROBE" ] && $PY "$PROBE" cpu-probe --threads 2 > "$OUT/probe.$1.json" || echo '{}' > "$OUT/probe.$1.json"; }
 
@@ -78,11 +81,9 @@ case "$WHAT" in
   weighting)
     # The recipe as it is (its tokenizer trained on Wesnoth only), then four rows sharing one tokenizer trained on both
     # corpora, so that the weights are the only difference between them.
-    if [ -z "${ROWS:-}" ] || [ "$ROWS" = own ]; then
-      train own recipes/wesnoth-en-de/transformer.yaml
-      score own "$OUT/own" $DE/test.en $DE/test.de
-      [ -n "${ROWS:-}" ] && { cat "$OUT/results.jsonl"; exit 0; }
-    fi
+    train own recipes/wesnoth-en-de/transformer.yaml
+    score own "$OUT/own" $DE/test.en $DE/test.de
+    [ "$ROWS" = own ] && { cat "$OUT/results.jsonl"; exit 0; }
     $SEQTOOL tokenizer train -i $DE/train.en -i $DE/train.de -i $L10N/train.en -i $L10N/train.de \
       --vocab-size 8000 -o "$OUT/spm"
     train alone recipes/wesnoth-en-de/transformer.yaml --set tokenizer.model="$OUT/spm.model"
