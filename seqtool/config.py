@@ -39,7 +39,7 @@ class CorpusConfig:
     src: str = _opt("", "source file, one sentence per line")
     tgt: str = _opt("", "target file, line-aligned with src")
     weight: float = _opt(1.0, "batches are drawn from the corpora in proportion to their weights (> 0)", min=0.0)
-    tgt_lang: str = _opt("", "target language: its tag <2LANG> starts every source sentence; empty = no tag")
+    tgt_lang: str = _opt("", "target language: its tag <2LANG> marks every pair (see data.tag_side); empty = no tag")
 
 
 @dataclass
@@ -69,6 +69,11 @@ class DataConfig:
     dev_src: str = _opt("", "development source file (validation loss and BLEU); empty = no validation")
     dev_tgt: str = _opt("", "development target file (reference)")
     dev: list[DevSetConfig] = _opt([], "several dev sets, each {name, src, tgt, tgt_lang}; BLEU reported per set")
+    tag_side: Literal["source", "target"] = _opt(
+        "source",
+        "where a corpus's language tag goes: source = in front of every source sentence; target = as the first target "
+        "token, forced when translating",
+    )
     select_on: str = _opt("mean", "what picks best.pt and patience: a dev set's name, or mean (of the sets' BLEU)")
     max_len: int = _opt(128, "drop training pairs with more pieces than this on either side", min=1)
     max_ratio: float = _opt(0.0, "drop training pairs whose length ratio (in pieces) exceeds this; 0 = keep all", min=0)

@@ -52,10 +52,16 @@ def pad_sequences(
 
 
 def make_batch(
-    src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], specials: SpecialIds, src_tag: int | None = None
+    src: Sequence[Sequence[int]],
+    tgt: Sequence[Sequence[int]],
+    specials: SpecialIds,
+    src_tag: int | None = None,
+    tgt_tag: int | None = None,
 ) -> Batch:
-    """Pad a list of pairs into a `Batch` (source gets `src_tag` in front when given, and </s>; target gets <s> in
-    and </s> out)."""
+    """Pad a list of pairs into a `Batch` (source gets `src_tag` in front when given, and </s>; target gets `tgt_tag`
+    in front when given, as its first token, then <s> in and </s> out)."""
+    if tgt_tag is not None:
+        tgt = [[tgt_tag, *t] for t in tgt]
     tokens = sum(len(t) + 1 for t in tgt)
     return Batch(
         src=pad_sequences(src, specials.pad, prefix=src_tag, suffix=specials.eos),

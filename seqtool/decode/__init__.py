@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from seqtool.config import Config
     from seqtool.decode.ct2_engine import CTranslate2Translator
+    from seqtool.decode.languages import LanguageTag
     from seqtool.decode.scoring import PairScore
     from seqtool.decode.search import SearchConfig
     from seqtool.decode.translate import Translation, TranslationStream, Translator
@@ -89,9 +90,9 @@ class TranslatorLike(Protocol):
         """(workers, threads per worker) that `translate` uses for a search with `cfg`."""
         ...
 
-    def language_tag(self, tgt_lang: str) -> int | None:
-        """The source tag id asking for `tgt_lang` ("": none); a ConfigError when the model has no such language,
-        or needs one (see `decode.languages.language_tag_id`)."""
+    def language_tag(self, tgt_lang: str) -> LanguageTag:
+        """The tag asking for `tgt_lang` ("": none) and its side; a ConfigError when the model has no such language,
+        or needs one (see `decode.languages.requested_tag`)."""
         ...
 
     def score(

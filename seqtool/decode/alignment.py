@@ -73,14 +73,19 @@ def align_translations(
     tgt_ids: Sequence[Sequence[int]],
     device: torch.device,
     precision: str = "fp32",
-    tagged: bool = False,
+    src_tagged: bool = False,
+    tgt_tagged: bool = False,
 ) -> list[str]:
-    """The Pharaoh alignment of each (source ids, target ids) pair ("" where a side is empty). `tagged`: each
-    source starts with a language tag, which is no word of the input (target pieces attending to it get no link)."""
+    """The Pharaoh alignment of each (source ids, target ids) pair ("" where a side is empty). A language tag is no
+    word: `src_tagged`, each source starts with one (target pieces attending to it get no link); `tgt_tagged`, each
+    target does (it gets no link)."""
     links = piece_links(model, src_ids, tgt_ids, device, precision)
-    if tagged:
+    if src_tagged:
         src_ids = [ids[1:] for ids in src_ids]
         links = [[s - 1 for s in link] for link in links]
+    if tgt_tagged:
+        tgt_ids = [ids[1:] for ids in tgt_ids]
+        links = [link[1:] for link in links]
     src_pieces = [[tokenizer.src.processor.id_to_piece(i) for i in ids] for ids in src_ids]
     tgt_pieces = [[tokenizer.tgt.processor.id_to_piece(i) for i in ids] for ids in tgt_ids]
     return [pharaoh(s, t, link) for s, t, link in zip(src_pieces, tgt_pieces, links, strict=True)]

@@ -38,6 +38,7 @@ from seqtool.runtime import decode_parallelism
 from seqtool.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
+    from seqtool.decode.languages import LanguageTag
     from seqtool.decode.scoring import PairScore
 
 DEVICES = ("cpu", "cuda")
@@ -128,8 +129,10 @@ class CTranslate2Translator:
             )
         if cfg.sample:
             self.ct2.set_random_seed(cfg.seed + first_line)
-        src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len, self.language_tag(cfg.tgt_lang))
-        hyps = self.translate_ids(src_ids, cfg, batch_tokens, encode_prefixes(self.tokenizer, prefixes, len(lines)))
+        tag = self.language_tag(cfg.tgt_lang)
+        src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len, tag.src)
+        prefix_ids = tag.prefixes(encode_prefixes(self.tokenizer, prefixes, len(lines)), len(lines))
+        hyps = tag.strip(self.translate_ids(src_ids, cfg, batch_tokens, prefix_ids))
         return keep_prefixes(self.tokenizer, decode_hypotheses(self.tokenizer, hyps, truncated), prefixes)
 
     def translate_ids(
@@ -210,11 +213,11 @@ class CTranslate2Translator:
         """The target languages of a multilingual model (its run's tagged corpora); empty without tags."""
         return self.config.data.languages()
 
-    def language_tag(self, tgt_lang: str) -> int | None:
-        """The source tag id for `tgt_lang` (see `decode.languages.language_tag_id`)."""
-        from seqtool.decode.languages import language_tag_id
+    def language_tag(self, tgt_lang: str) -> LanguageTag:
+        """The tag asking for `tgt_lang` and its side (see `decode.languages.requested_tag`)."""
+        from seqtool.decode.languages import requested_tag
 
-        return language_tag_id(self.tokenizer, tgt_lang, self.languages)
+        return requested_tag(self.tokenizer, tgt_lang, self.languages, self.config.data.tag_side)
 
     def _score_batch(self, src_ids: list[Sequence[int]], tgt_ids: list[Sequence[int]]) -> list[float]:
         """The log-probability of each target's pieces and </s> (a `scoring.BatchScorer`), by `score_batch`."""

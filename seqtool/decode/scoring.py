@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from seqtool.data.batching import pad_sequences
+from seqtool.decode.languages import LanguageTag
 from seqtool.decode.search import LENGTH_PENALTIES, score_sequence
 from seqtool.decode.translate import clean_line, length_batches
 from seqtool.errors import ConfigError, check
@@ -96,13 +97,16 @@ def score_pairs(
     alpha: float,
     batch_tokens: int,
     max_len: int,
-    tag: int | None = None,
+    tag: LanguageTag | None = None,
 ) -> list[PairScore]:
-    """Both engines' `score`: encode the pairs (sources behind the language `tag` when given), score the scorable
-    ones with the engine's `score_batch` in length-sorted token-budget batches, and normalise."""
+    """Both engines' `score`: encode the pairs (tagged as the model was trained when `tag` has a tag: its
+    target-side tag is scored as part of the target), score the scorable ones with the engine's `score_batch` in
+    length-sorted token-budget batches, and normalise."""
     src_ids, tgt_ids, errors = encode_pairs(tokenizer, sources, targets, max_len)
+    if tag is not None and tag.src is not None:
+        src_ids = [[tag.src, *ids] if ids else ids for ids in src_ids]
     if tag is not None:
-        src_ids = [[tag, *ids] if ids else ids for ids in src_ids]
+        tgt_ids = tag.targets(tgt_ids)
     rows = [i for i, error in enumerate(errors) if error is None]
     found = score_rows(src_ids, tgt_ids, rows, batch_tokens, score_batch)
     return finish_scores(found, tgt_ids, errors, normalize, alpha)

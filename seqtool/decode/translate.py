@@ -18,6 +18,7 @@ import torch
 
 from seqtool.config import Config, DecodeConfig
 from seqtool.data.batching import pad_sequences
+from seqtool.decode.languages import LanguageTag, requested_tag
 from seqtool.decode.search import BeamSearch, Hypothesis, SearchConfig, search
 from seqtool.errors import ConfigError, check
 from seqtool.models.base import Seq2SeqModel
@@ -278,18 +279,19 @@ class Translator:
         alignment to the source (see `seqtool.decode.alignment`).
         """
         tag = self.language_tag(cfg.tgt_lang)
-        src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len, tag)
+        src_ids, truncated = encode_sources(self.tokenizer, lines, max_input_len, tag.src)
         workers, threads_per_worker = self.parallelism(cfg)
         if torch.get_num_threads() != threads_per_worker:
             set_threads(threads_per_worker)  # process-wide: the threads of each worker
         budget = self.config.decode.batch_tokens if batch_tokens is None else batch_tokens
-        prefix_ids = encode_prefixes(self.tokenizer, prefixes, len(lines))
+        prefix_ids = tag.prefixes(encode_prefixes(self.tokenizer, prefixes, len(lines)), len(lines))
         hyps = translate_ids(
             self.model, src_ids, cfg, budget, self.device, self.precision, workers, first_line, prefix_ids
         )
-        results = keep_prefixes(self.tokenizer, decode_hypotheses(self.tokenizer, hyps, truncated), prefixes)
+        found = tag.strip(hyps)
+        results = keep_prefixes(self.tokenizer, decode_hypotheses(self.tokenizer, found, truncated), prefixes)
         if align:
-            self._align(src_ids, hyps, results, tag is not None)
+            self._align(src_ids, hyps, results, tag)
         return results
 
     @property
@@ -297,20 +299,19 @@ class Translator:
         """The target languages of a multilingual model (its run's tagged corpora); empty without tags."""
         return self.config.data.languages()
 
-    def language_tag(self, tgt_lang: str) -> int | None:
-        """The source tag id for `tgt_lang` (see `decode.languages.language_tag_id`)."""
-        from seqtool.decode.languages import language_tag_id
-
-        return language_tag_id(self.tokenizer, tgt_lang, self.languages)
+    def language_tag(self, tgt_lang: str) -> LanguageTag:
+        """The tag asking for `tgt_lang` and its side (see `decode.languages.requested_tag`)."""
+        return requested_tag(self.tokenizer, tgt_lang, self.languages, self.config.data.tag_side)
 
     def _align(
         self,
         src_ids: Sequence[Sequence[int]],
         hyps: Sequence[Sequence[Hypothesis]],
         results: list[list[Translation]],
-        tagged: bool = False,
+        tag: LanguageTag,
     ) -> None:
-        """Fill in the word alignment of every translation of `results` (the hypotheses `hyps` of `src_ids`)."""
+        """Fill in the word alignment of every translation of `results` (the hypotheses `hyps` of `src_ids`, with
+        their target tag when `tag` has one)."""
         from seqtool.decode.alignment import align_translations
 
         pairs = [(i, j) for i, nbest in enumerate(hyps) for j in range(len(nbest))]
@@ -321,7 +322,8 @@ class Translator:
             [hyps[i][j].tokens for i, j in pairs],
             self.device,
             self.precision,
-            tagged,
+            tag.src is not None,
+            tag.tgt is not None,
         )
         for (i, j), alignment in zip(pairs, found, strict=True):
             results[i][j].alignment = alignment
@@ -390,14 +392,16 @@ class TranslationStream:
 
     def admit(self, lines: Sequence[str], keys: Sequence[Hashable]) -> list[tuple[Hashable, list[Translation]]]:
         """Start searching `lines` (each with its key); empty lines are done at once and returned here."""
-        src_ids, truncated = encode_sources(self.translator.tokenizer, lines, self.max_input_len, self.tag)
+        src_ids, truncated = encode_sources(self.translator.tokenizer, lines, self.max_input_len, self.tag.src)
         empty = [(key, [Translation("", 0.0, 0.0)]) for key, ids in zip(keys, src_ids, strict=True) if not ids]
         rows = [i for i, ids in enumerate(src_ids) if ids]
         if rows:
             sp = self.translator.model.specials
-            src = pad_sequences([src_ids[i] for i in rows], sp.pad, suffix=sp.eos).to(self.translator.device)
+            device = self.translator.device
+            src = pad_sequences([src_ids[i] for i in rows], sp.pad, suffix=sp.eos).to(device)
+            prefix = None if self.tag.tgt is None else torch.full((len(rows), 1), self.tag.tgt, device=device)
             with self._running():
-                self.searcher.admit(src, [keys[i] for i in rows])
+                self.searcher.admit(src, [keys[i] for i in rows], prefix)
             self._truncated.update((keys[i], truncated[i]) for i in rows)
         return empty
 
@@ -408,7 +412,7 @@ class TranslationStream:
         if not done:
             return []
         cut = [self._truncated.pop(key) for key, _ in done]
-        found = decode_hypotheses(self.translator.tokenizer, [hyps for _, hyps in done], cut)
+        found = decode_hypotheses(self.translator.tokenizer, self.tag.strip([hyps for _, hyps in done]), cut)
         return [(key, nbest) for (key, _), nbest in zip(done, found, strict=True)]
 
     @contextlib.contextmanager

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from seqtool.config import Config, CorpusConfig, DevSetConfig
 from seqtool.data.batching import BatchSampler, CorpusMix
 from seqtool.data.corpus import check_utf8, read_parallel
 from seqtool.data.dataset import EncodedCorpus, check_line_counts, open_or_build
+from seqtool.decode.languages import LanguageTag, corpus_tag
 from seqtool.errors import CheckpointError, ConfigError, DataError
 from seqtool.rundir import RunDir
 from seqtool.tokenizer import Tokenizer, TokenizerSpec, language_tag, train_sentencepiece
@@ -27,18 +28,20 @@ class TrainCorpus:
 
     name: str
     weight: float
-    tag: int | None  # the source tag id of its target language, prepended to every source; None without tags
+    tag: LanguageTag  # its target language's tag, on the side data.tag_side says (neither without tags)
     corpus: EncodedCorpus
 
 
 @dataclass
 class DevSet:
-    """One dev set as piece ids (sources tagged like its training corpora) and its reference text."""
+    """One dev set as piece ids and its reference text; a source-side tag is in `src` already, a target-side one is
+    `tag.tgt` (put in front of the targets for the loss, forced when translating)."""
 
     name: str
     src: list[list[int]]
     tgt: list[list[int]]
     refs: list[str]
+    tag: LanguageTag = field(default_factory=LanguageTag)
 
 
 def prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
@@ -82,6 +85,7 @@ def ensure_tokenizer(cfg: Config, run: RunDir, log: Any) -> Tokenizer:
     """
     corpora = cfg.data.corpora()
     tags = tuple(language_tag(lang) for lang in cfg.data.languages())
+    tagged_side = "tgt" if cfg.data.tag_side == "target" else "src"
     spec = TokenizerSpec(
         vocab_size=cfg.tokenizer.vocab_size,
         model_type=cfg.tokenizer.type,
@@ -96,9 +100,10 @@ def ensure_tokenizer(cfg: Config, run: RunDir, log: Any) -> Tokenizer:
     if cfg.tokenizer.joint:
         sides = [(cfg.tokenizer.model, src_files + tgt_files, src_dest, spec)]
     else:
+        untagged = dataclasses.replace(spec, user_symbols=())
         sides = [
-            (cfg.tokenizer.src_model, src_files, src_dest, spec),
-            (cfg.tokenizer.tgt_model, tgt_files, tgt_dest, dataclasses.replace(spec, user_symbols=())),
+            (cfg.tokenizer.src_model, src_files, src_dest, spec if tagged_side == "src" else untagged),
+            (cfg.tokenizer.tgt_model, tgt_files, tgt_dest, spec if tagged_side == "tgt" else untagged),
         ]
     for configured, inputs, dest, side_spec in sides:
         if dest.exists():
@@ -116,7 +121,7 @@ def ensure_tokenizer(cfg: Config, run: RunDir, log: Any) -> Tokenizer:
             shutil.copyfile(model_path, dest)
     tokenizer = Tokenizer.load(src_dest, tgt_dest)
     for lang in cfg.data.languages():
-        tokenizer.src.tag_id(lang)  # a tokenizer given without the tags fails here, naming the missing one
+        corpus_tag(tokenizer, lang, cfg.data.tag_side)  # a tokenizer given without the tags fails here, naming it
     return tokenizer
 
 
@@ -194,20 +199,21 @@ def encoded_corpora(cfg: Config, run: RunDir, tokenizer: Tokenizer, log: Any) ->
                 f"{where}: no training pairs left after filtering {corpus_cfg.src} / {corpus_cfg.tgt} ({keys[0]})",
                 "check the files, or raise data.max_len",
             )
-        tag = tokenizer.src.tag_id(corpus_cfg.tgt_lang) if corpus_cfg.tgt_lang else None
+        tag = corpus_tag(tokenizer, corpus_cfg.tgt_lang, cfg.data.tag_side)
         out.append(TrainCorpus(corpus_cfg.name, corpus_cfg.weight, tag, corpus))
     return out
 
 
 def encode_dev(cfg: Config, raw: RawData, tokenizer: Tokenizer, log: Any) -> list[DevSet]:
-    """The dev sets as piece ids, each source tagged with its target language; warns about a high <unk> rate."""
+    """The dev sets as piece ids, each tagged with its target language as the training corpora are; warns about a
+    high <unk> rate."""
     out = []
     for dev_cfg, src_lines, tgt_lines in raw.dev:
         src = tokenizer.src.encode(src_lines)
-        if dev_cfg.tgt_lang:
-            tag = tokenizer.src.tag_id(dev_cfg.tgt_lang)
-            src = [[tag, *ids] for ids in src]
-        dev = DevSet(dev_cfg.name, src, tokenizer.tgt.encode(tgt_lines), tgt_lines)
+        tag = corpus_tag(tokenizer, dev_cfg.tgt_lang, cfg.data.tag_side)
+        if tag.src is not None:
+            src = [[tag.src, *ids] for ids in src]
+        dev = DevSet(dev_cfg.name, src, tokenizer.tgt.encode(tgt_lines), tgt_lines, tag)
         rates = {
             side: unk_rate(ids, tokenizer.specials.unk) for side, ids in (("source", dev.src), ("target", dev.tgt))
         }
@@ -263,7 +269,7 @@ def corpora_summary(corpora: Sequence[TrainCorpus]) -> list[dict[str, Any]]:
                 "name": corpus.name,
                 "weight": corpus.weight,
                 "batch_share": share,
-                "tagged": corpus.tag is not None,
+                "tagged": corpus.tag != LanguageTag(),
                 "pairs": report.total,
                 "kept": report.kept,
                 "dropped": {reason: n for reason, n in report.dropped.items() if n},
@@ -273,13 +279,13 @@ def corpora_summary(corpora: Sequence[TrainCorpus]) -> list[dict[str, Any]]:
 
 
 def corpus_mix(corpora: Sequence[TrainCorpus], batch_tokens: int, seed: int) -> CorpusMix:
-    """The training batches: a length-bucketed sampler per corpus (sources one piece longer when tagged), mixed by
+    """The training batches: a length-bucketed sampler per corpus (the tagged side one piece longer), mixed by
     weight. Corpus 0 is seeded as a run of one corpus (a single corpus trains as before); corpus k > 0 has its own
     seed, so corpora of equal lengths are not shuffled alike."""
     return CorpusMix(
         [
-            BatchSampler(c.corpus.src_lengths + (c.tag is not None), c.corpus.tgt_lengths, batch_tokens,
-                         seed if k == 0 else seed + 1_000_003 * k)
+            BatchSampler(c.corpus.src_lengths + (c.tag.src is not None), c.corpus.tgt_lengths + (c.tag.tgt is not None),
+                         batch_tokens, seed if k == 0 else seed + 1_000_003 * k)
             for k, c in enumerate(corpora)
         ],
         [c.weight for c in corpora],

@@ -389,7 +389,8 @@ class Trainer:
         rows = max(1, self.cfg.train.batch_tokens // 64)
         for start in range(0, len(order), rows):
             idx = order[start : start + rows]
-            batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials).to(self.device)
+            batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials, tgt_tag=dev.tag.tgt)
+            batch = batch.to(self.device)
             keep = batch.tgt_out != self.specials.pad
             with autocast(self.device, self.precision):
                 logits = self.model(batch.src, batch.tgt_in, keep)
@@ -397,8 +398,9 @@ class Trainer:
             nll_total += float(nll)
             tokens += batch.tgt_tokens
         search_cfg = SearchConfig.from_decode(self.cfg.decode, beam=1, nbest=1, length_penalty=0.0)  # greedy
-        hyps = translate_ids(self.model, src, search_cfg, self.cfg.decode.batch_tokens, self.device, self.precision)
-        texts = self.tokenizer.tgt.decode([h[0].tokens if h else [] for h in hyps])
+        hyps = translate_ids(self.model, src, search_cfg, self.cfg.decode.batch_tokens, self.device, self.precision,
+                             prefixes=dev.tag.prefixes(None, len(src)))  # fmt: skip
+        texts = self.tokenizer.tgt.decode([h[0].tokens if h else [] for h in dev.tag.strip(hyps)])
         dev_loss = nll_total / max(tokens, 1)
         return {
             "dev_loss": dev_loss,
@@ -597,7 +599,7 @@ class Trainer:
 
         An update takes count × world_size batches from the (identical on every rank) sampler; rank r trains on
         batches r, r + world_size, ... So N processes with accum_steps A see what one process with accum_steps N × A
-        sees, batch for batch. Each batch comes from one corpus (see `CorpusMix`), its sources tagged with the
+        sees, batch for batch. Each batch comes from one corpus (see `CorpusMix`), its pairs tagged with the
         corpus's target language when it has one.
         """
         world, rank = self.dist.world_size, self.dist.rank
@@ -605,7 +607,7 @@ class Trainer:
         total = 0
         for k, idx in update:
             lengths = self.corpora[k].corpus.tgt_lengths  # from the cache's offsets: no sequence is read for the count
-            tokens = int(lengths[idx].sum()) + len(idx)  # + </s> per sentence
+            tokens = int(lengths[idx].sum()) + len(idx) * (1 + (self.corpora[k].tag.tgt is not None))  # </s>, tag
             self.corpus_tokens[k] += tokens
             self.window_corpus_tokens[k] += tokens
             total += tokens
@@ -613,7 +615,9 @@ class Trainer:
         for k, idx in update[rank::world]:
             corpus = self.corpora[k]
             src, tgt = corpus.corpus.src_seqs, corpus.corpus.tgt_seqs
-            group.append(make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials, corpus.tag))
+            group.append(
+                make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials, corpus.tag.src, corpus.tag.tgt)
+            )
         for b in group:
             b.update_tokens = total
         return [b.to(self.device) for b in group]

@@ -9,6 +9,9 @@
 #                                                               # joint tokenizer trained on both corpora)
 #   WHAT=throughput bash tests/benchmarks/bench_corpora.sh     # tok/s and peak RSS: wesnoth en->fr as one corpus,
 #                                                               # and split in two corpora (MINUTES each, default 5)
+#   WHAT=tags bash tests/benchmarks/bench_corpora.sh           # the en->{de,fr} recipe with its tags in front of the
+#                                                               # source, then forced as the first target token
+#                                                               # (data.tag_side; 40 min each), scored on the dev sets
 # ROWS=own (weighting only) runs the recipe-as-is row alone, appending to an existing results.jsonl.
 # SET="--set KEY=VALUE ..." is added to every training (a smoke test: SET="--set train.max_minutes=0.2").
 # Writes $OUT/NAME.* and one JSON line per result to $OUT/results.jsonl; prints the table at the end.
@@ -39,14 +42,14 @@ train() {  # NAME CONFIG [--set ...]: a fresh run in $OUT/NAME, peak RSS sampled
   probe "$name.after"
 }
 
-score() {  # NAME RUN SRC REF [translate flags]: beam 5 on a test set, BLEU and chrF into results.jsonl
+score() {  # NAME RUN SRC REF [translate flags]: beam 5 on a test (or dev) set, BLEU and chrF into results.jsonl
   local name=$1 run=$2 src=$3 ref=$4; shift 4
   $SEQTOOL translate "$run" --beam 5 -i "$src" -o "$OUT/$name.hyp" --overwrite "$@"
   $SEQTOOL eval --hyp "$OUT/$name.hyp" --ref "$ref" --metrics bleu,chrf --json > "$OUT/$name.eval.json"
-  $PY - "$OUT" "$name" "$run" <<'PY'
+  $PY - "$OUT" "$name" "$run" "$src" <<'PY'
 import json, sys
 from pathlib import Path
-out, name, run = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+out, name, run, split = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]).stem
 scores = json.loads((out / f"{name}.eval.json").read_text())
 records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
 train = [r for r in records if r["type"] == "train"]
@@ -56,7 +59,7 @@ rss = json.loads((out / f"{run.name}.rss.json").read_text())
 tok_s = sorted(r["tgt_tok_s"] for r in train[len(train) // 5 :])  # the median after the first fifth (warm-up)
 row = {
     "name": name, "run": run.name, "updates": train[-1]["step"], "minutes": round(train[-1]["elapsed_s"] / 60, 1),
-    "test_bleu": round(scores["BLEU"]["score"], 2), "test_chrf": round(scores["chrF2"]["score"], 2),
+    f"{split}_bleu": round(scores["BLEU"]["score"], 2), f"{split}_chrf": round(scores["chrF2"]["score"], 2),
     "best_dev_bleu": round(max(r["dev_bleu"] for r in evals), 2),
     "tgt_tok_s_median": round(tok_s[len(tok_s) // 2]), "peak_rss_mb": round(rss["peak_VmRSS_mb"]),
     "probe_gflops": [p.get("matmul_gflops") for p in probes],
@@ -77,6 +80,15 @@ case "$WHAT" in
     score fr "$OUT/fr" $FR/test.en $FR/test.fr
     score defr-de "$OUT/defr" $DE/test.en $DE/test.de --tgt-lang de
     score defr-fr "$OUT/defr" $FR/test.en $FR/test.fr --tgt-lang fr
+    ;;
+  tags)
+    # Decided on the dev sets (beam 5, as the test sets are scored); the recipe's test figures are in its README.
+    train src-tag recipes/wesnoth-en-defr/transformer.yaml
+    train tgt-tag recipes/wesnoth-en-defr/transformer.yaml --set data.tag_side=target
+    for name in src-tag tgt-tag; do
+      score "$name-de" "$OUT/$name" $DE/dev.en $DE/dev.de --tgt-lang de
+      score "$name-fr" "$OUT/$name" $FR/dev.en $FR/dev.fr --tgt-lang fr
+    done
     ;;
   weighting)
     # The recipe as it is (its tokenizer trained on Wesnoth only), then four rows sharing one tokenizer trained on both
@@ -125,6 +137,6 @@ for name in ("one1", "two1", "one2", "two2"):
         f.write(json.dumps(row) + "\n")
 PY
     ;;
-  *) echo "WHAT must be multilingual, weighting or throughput" >&2; exit 2 ;;
+  *) echo "WHAT must be multilingual, weighting, throughput or tags" >&2; exit 2 ;;
 esac
 cat "$OUT/results.jsonl"

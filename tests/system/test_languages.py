@@ -2,7 +2,8 @@
 
 Two "languages" over the same sources (the ten one-letter words of test_learn.py): `rv` is the reversal, `cp` the
 copy. The sources of both corpora are the same sentences, so only the tag tells the model which output is wanted:
-`translate --tgt-lang rv` must reverse and `--tgt-lang cp` must copy the 200 held-out test sequences.
+`translate --tgt-lang rv` must reverse and `--tgt-lang cp` must copy the 200 held-out test sequences, with the tag
+on either side (data.tag_side).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import yaml
 from tests.system.test_learn import finish, seqtool, write_corpus
 
 
-@pytest.fixture(scope="module")
-def tagged_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
-    root = tmp_path_factory.mktemp("tags")
+@pytest.fixture(scope="module", params=["source", "target"])
+def tagged_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """The tags in front of the sources (data.tag_side: source) or as the first target token (target)."""
+    root = tmp_path_factory.mktemp(f"tags-{request.param}")
     corpus = write_corpus(root)
     src, rev = corpus["train.src"], corpus["train.tgt"]
     config = {
@@ -33,6 +35,7 @@ def tagged_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str
                 {"name": "copy", "src": str(corpus["dev.src"]), "tgt": str(corpus["dev.src"]), "tgt_lang": "cp"},
             ],
             "workers": 1,
+            "tag_side": request.param,
         },
         "tokenizer": {"vocab_size": 27},  # the 25 pieces of test_learn.py and the two tags
         "model": {"kind": "transformer", "d_model": 64, "heads": 4, "ffn_dim": 128, "encoder_layers": 2,
@@ -58,7 +61,9 @@ def test_the_tag_chooses_the_output(tagged_run: tuple[Path, dict[str, Path]]) ->
         hyps = finish(proc).splitlines()
         refs = [" ".join(s.split()[::-1]) if lang == "rv" else s for s in sources]
         wrong = [(h, r) for h, r in zip(hyps, refs, strict=True) if h != r]
-        assert len(hyps) == len(refs) and len(wrong) <= 0.02 * len(refs), f"{lang}: {len(wrong)} wrong: {wrong[:5]}"
+        # the target-side tag learns a little slower here (3 % wrong at 450 steps); without a working tag half is wrong
+        allowed = 0.02 if "source" in run.parent.name else 0.05
+        assert len(hyps) == len(refs) and len(wrong) <= allowed * len(refs), f"{lang}: {len(wrong)} wrong: {wrong[:5]}"
 
 
 def test_dev_bleu_per_language_in_metrics_and_info(tagged_run: tuple[Path, dict[str, Path]]) -> None:
