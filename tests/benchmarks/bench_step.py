@@ -1,8 +1,11 @@
 """Micro-benchmark of seqtool's training step on the shared benchmark's data (for A/B comparisons of one change).
 
 Runs the same work as `Trainer._update` (packed logits, fused loss, AdamW, schedule) on the harness's wesnoth
-batches and prints target tokens/s, the median step time and peak RSS. Compare two versions by running them
-alternately in one sitting (the host's speed drifts), e.g. from two git worktrees with PYTHONPATH:
+batches and prints target tokens/s, the median step time, peak RSS, the achieved matmul GFLOP/s (the model's
+products counted from its shapes on the batches' real lengths: `seqtool.models.flops`) and its fraction of the
+matmul ceiling in the same precision (`matmul_probe.py`, run before and after the steps; the better one counts).
+Compare two versions by running them alternately in one sitting (the host's speed drifts), e.g. from two git
+worktrees with PYTHONPATH:
 
     .venv/bin/python tests/benchmarks/bench_step.py --precision bf16 --steps 40
     PYTHONPATH=/tmp/old .venv/bin/python tests/benchmarks/bench_step.py --precision bf16 --steps 40
@@ -16,6 +19,7 @@ import argparse
 import json
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,10 +28,14 @@ import torch
 from seqtool.config import load_config
 from seqtool.data.batching import BatchSampler, make_batch
 from seqtool.models import build_model
+from seqtool.models.flops import training_flops
 from seqtool.runtime import autocast, limit_onednn_cache, seed_everything
 from seqtool.tokenizer import Tokenizer
 from seqtool.train.loss import label_smoothed_nll
 from seqtool.train.optim import build_optimizer, build_scheduler
+
+sys.path.insert(0, str(Path(__file__).parent))
+from matmul_probe import matmul_gflops  # this directory's probe
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path.home() / ".cache/seqtool-peers/runs/data"
@@ -55,7 +63,8 @@ def main() -> None:
     scheduler = build_scheduler(optimizer, cfg.train)
     batches = iter(BatchSampler([len(s) for s in src], [len(t) for t in tgt], cfg.train.batch_tokens, cfg.seed))
     device = torch.device("cpu")
-    times, tokens = [], []
+    probes = [matmul_gflops(args.precision, threads=2)]
+    times, tokens, flops = [], [], []
     for step in range(args.steps + 5):
         idx = next(batches)
         batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx], sp)
@@ -71,8 +80,12 @@ def main() -> None:
         if step >= 5:
             times.append(time.perf_counter() - started)
             tokens.append(batch.tgt_tokens)
+            lengths = [(len(src[i]) + 1, len(tgt[i]) + 1) for i in idx]  # with </s> and <s>
+            flops.append(training_flops(cfg.model, *zip(*lengths, strict=True), tok.tgt.vocab_size))
         if args.rss_every and step % args.rss_every == 0:
             print(json.dumps({"step": step, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
+    probes.append(matmul_gflops(args.precision, threads=2))
+    achieved = sum(flops) / sum(times) / 1e9
     print(
         json.dumps(
             {
@@ -81,6 +94,9 @@ def main() -> None:
                 "tgt_tok_s": round(sum(tokens) / sum(times), 1),
                 "median_step_ms": round(statistics.median(times) * 1000, 1),
                 "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+                "achieved_gflops": round(achieved, 1),
+                "probe_gflops": [round(p, 1) for p in probes],
+                "of_probe": round(achieved / max(probes), 3),
             }
         )
     )

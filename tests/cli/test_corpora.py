@@ -106,6 +106,104 @@ def test_translate_and_score_with_and_without_a_language(tagged: tuple[Path, Pat
     assert scored.returncode == 0 and scored.stdout.count("\t") == 2, scored.stderr
 
 
+@pytest.fixture(scope="module")
+def target_tagged(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tagged` model with its tags as the first target token (data.tag_side: target)."""
+    root = tmp_path_factory.mktemp("target-tagged")
+    files = corpus_files(tiny_corpus, root)
+    dev = {"src": str(tiny_corpus["dev.en"]), "tgt": str(tiny_corpus["dev.de"])}
+    cfg = write(
+        root / "target.yaml",
+        [{"name": "big", **files["big"], "tgt_lang": "de"}, {"name": "small", **files["small"], "tgt_lang": "xx"}],
+        [{"name": "dev-de", **dev, "tgt_lang": "de"}],
+        tag_side="target",
+    )
+    result = seqtool("train", str(cfg), "--run-dir", str(root / "run"))
+    assert result.returncode == 0, result.stderr
+    return root / "run"
+
+
+def test_a_target_side_tag_is_forced_scored_and_taken_off(target_tagged: Path) -> None:
+    """Every search starts its outputs with the tag and shows them without it; the scores are the model's for tag
+    and output (what `score` gives the pair); a server's continuous beam search gives what `translate` gives."""
+    from seqtool.decode import DecodeOptions, load_translator
+    from seqtool.decode.scoring import score_ids
+    from seqtool.decode.search import SearchConfig
+    from seqtool.decode.translate import clean_line, encode_sources, translate_ids
+
+    translator = load_translator(target_tagged, DecodeOptions(quantize="none", threads=1))
+    de = translator.tokenizer.tgt.tag_id("de")
+    lines = ["Open the file", "", "Save all documents now", "Close"]
+    src_ids, _ = encode_sources(translator.tokenizer, lines, None)  # no tag in front of the sources
+    for cfg in (
+        SearchConfig(beam=1, tgt_lang="de"),
+        SearchConfig(beam=3, nbest=2, tgt_lang="de"),
+        SearchConfig(beam=1, sample=True, nbest=2, top_k=5, tgt_lang="de"),
+    ):
+        found = translator.translate(lines, cfg)
+        hyps = translate_ids(translator.model, src_ids, cfg, prefixes=[[de]] * len(lines))
+        assert found[1] == [found[1][0]] and found[1][0].text == ""
+        for i in (0, 2, 3):
+            assert [h.tokens[0] for h in hyps[i]] == [de] * cfg.nbest  # forced
+            texts = [clean_line(t) for t in translator.tokenizer.tgt.decode([h.tokens[1:] for h in hyps[i]])]
+            assert [t.text for t in found[i]] == texts  # the leading tag taken off (a tiny model may say it again)
+            forced = score_ids(translator.model, [src_ids[i]] * cfg.nbest, [h.tokens for h in hyps[i]],
+                               range(cfg.nbest), 4000, translator.device)  # fmt: skip
+            for j, translation in enumerate(found[i]):
+                assert translation.log_prob == pytest.approx(forced[j], abs=1e-4) == hyps[i][j].log_prob
+    beam = SearchConfig(beam=3, tgt_lang="de")
+    offline = translator.translate(lines, beam)
+    stream = translator.stream(beam)
+    assert stream is not None
+    done = dict(stream.admit(lines, range(4)))
+    while stream.live:
+        done.update(stream.step())
+    assert [done[i][0].text for i in range(4)] == [nbest[0].text for nbest in offline]
+    [pair] = translator.score(["Open the file"], [offline[0][0].text], "none", tgt_lang="de")
+    target = translator.tokenizer.tgt.encode([offline[0][0].text])[0]
+    [by_ids] = score_ids(translator.model, [src_ids[0]], [[de, *target]], [0], 4000, translator.device).values()
+    assert pair.log_prob == pytest.approx(by_ids, abs=1e-4) and pair.tokens == len(target) + 2  # tag and </s>
+
+
+def test_a_target_side_tag_gets_no_alignment_link(target_tagged: Path) -> None:
+    """The alignment is read with the tag in front of the target, as the model was trained, then the tag's row is
+    dropped: the links of the output's own pieces."""
+    from seqtool.decode import DecodeOptions, load_translator
+    from seqtool.decode.alignment import pharaoh, piece_links
+    from seqtool.decode.search import SearchConfig
+    from seqtool.decode.translate import encode_sources, translate_ids
+
+    translator = load_translator(target_tagged, DecodeOptions(quantize="none", threads=1))
+    de, tokenizer = translator.tokenizer.tgt.tag_id("de"), translator.tokenizer
+    lines = ["Open the file", "Save all documents now"]
+    cfg = SearchConfig(beam=2, tgt_lang="de")
+    found = translator.translate(lines, cfg, align=True)
+    src_ids, _ = encode_sources(tokenizer, lines, None)
+    hyps = [nbest[0].tokens for nbest in translate_ids(translator.model, src_ids, cfg, prefixes=[[de], [de]])]
+    links = piece_links(translator.model, src_ids, hyps, translator.device)
+    for i, tokens in enumerate(hyps):
+        assert tokens[0] == de and len(links[i]) == len(tokens)
+        src_pieces = [tokenizer.src.processor.id_to_piece(t) for t in src_ids[i]]
+        tgt_pieces = [tokenizer.tgt.processor.id_to_piece(t) for t in tokens[1:]]
+        assert found[i][0].alignment == pharaoh(src_pieces, tgt_pieces, links[i][1:])
+    out = seqtool("translate", str(target_tagged), "--tgt-lang", "de", "--align", stdin="Open the file\n\nSave\n")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 3 and "<2de>" not in out.stdout, out.stderr
+
+
+@pytest.mark.slow  # an export and two engines
+def test_ctranslate2_forces_a_target_side_tag_as_seqtool_does(target_tagged: Path) -> None:
+    pytest.importorskip("ctranslate2")
+    assert seqtool("export", str(target_tagged), "--format", "ctranslate2").returncode == 0
+    lines = "Open the file\n\nSave all documents now\nClose\n"
+    args = ("--tgt-lang", "xx", "--beam", "1", "--scores")
+    ours = seqtool("translate", str(target_tagged), *args, "--quantize", "none", stdin=lines)
+    theirs = seqtool("translate", str(target_tagged), *args, "--engine", "ctranslate2", stdin=lines)
+    assert ours.returncode == theirs.returncode == 0, theirs.stderr
+    for a, b in zip(ours.stdout.splitlines(), theirs.stdout.splitlines(), strict=True):
+        assert a.split("\t")[0] == b.split("\t")[0] and "<2xx>" not in a
+        assert float(a.split("\t")[1]) == pytest.approx(float(b.split("\t")[1]), abs=1e-3)
+
+
 @pytest.mark.slow  # one more training run (the message itself: tests/unit/test_decode_languages.py)
 def test_untagged_corpora_and_a_language_asked_for(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
     files = corpus_files(tiny_corpus, tmp_path)

@@ -19,7 +19,9 @@ from tests.system.test_learn import finish, seqtool, write_corpus
 
 
 @pytest.fixture(scope="module", params=["source", "target"])
-def tagged_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+def tagged_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, Path]]:
     """The tags in front of the sources (data.tag_side: source) or as the first target token (target)."""
     root = tmp_path_factory.mktemp(f"tags-{request.param}")
     corpus = write_corpus(root)

@@ -111,6 +111,13 @@ def test_make_batch_layout() -> None:
     assert batch.tgt_in.tolist() == [[1, 20, 3, 3], [1, 21, 22, 23]]
     assert batch.tgt_out.tolist() == [[20, 2, 3, 3], [21, 22, 23, 2]]
     assert batch.tgt_tokens == 6
+    tagged = make_batch([[10, 11], [12]], [[20], [21, 22, 23]], SPECIALS, src_tag=7)
+    assert tagged.src.tolist() == [[7, 10, 11, 2], [7, 12, 2, 3]] and tagged.tgt_in.tolist() == batch.tgt_in.tolist()
+    tagged = make_batch([[10, 11], [12]], [[20], [21, 22, 23]], SPECIALS, tgt_tag=8)  # the tag is the first target
+    assert tagged.src.tolist() == batch.src.tolist()
+    assert tagged.tgt_in.tolist() == [[1, 8, 20, 3, 3], [1, 8, 21, 22, 23]]
+    assert tagged.tgt_out.tolist() == [[8, 20, 2, 3, 3], [8, 21, 22, 23, 2]]
+    assert tagged.tgt_tokens == 8
 
 
 def test_loss_matches_torch_cross_entropy_without_smoothing() -> None:
