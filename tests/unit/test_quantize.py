@@ -142,4 +142,9 @@ def test_auto_keeps_fp32_where_int8_is_slower(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(quantize, "int8_pays", lambda: False)  # an AVX2-only CPU: int8 measured 5.4x slower there
     assert resolve_quantize("auto", torch.device("cpu"), "fp32", "transformer") == "none"
     assert resolve_quantize("int8", torch.device("cpu"), "fp32", "transformer") == "int8"  # asked for: as asked
-    assert quantize.int8_pays() == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+def test_int8_pays_follows_the_cpu_capability(monkeypatch: pytest.MonkeyPatch) -> None:
+    for capability, expected in [("AVX512", True), ("AVX512_BF16", True), ("AVX2", False), ("DEFAULT", False)]:
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda c=capability: c)
+        assert quantize.int8_pays() is expected
