@@ -228,6 +228,14 @@ def train(
         EncodingErrors | None,
         typer.Option(help="Invalid UTF-8 in the corpus: strict (an error naming file:line) or replace (U+FFFD)."),
     ] = None,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe",
+            help="Time a 1024² matmul in the training precision before and after, and report the run's matmul "
+            "GFLOP/s as a fraction of it (a few seconds).",
+        ),
+    ] = False,
 ) -> None:
     """Train a model from a YAML config; writes config, tokenizer, checkpoints and metrics into the run directory.
 
@@ -243,12 +251,18 @@ def train(
     if encoding_errors is not None:
         sets.append(f"data.encoding_errors={encoding_errors.value}")
     cfg, target = training_config(config, sets, run_dir, resume, init_from)
-    result = run_training(cfg, target, resume=resume, overwrite=overwrite, init_from=init_from, reporter=RichReporter())
+    result = run_training(
+        cfg, target, resume=resume, overwrite=overwrite, init_from=init_from, reporter=RichReporter(), probe=probe
+    )
     if result.stop_reason == "interrupted":
         raise typer.Exit(130)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line for the job
         best = f", best dev BLEU {result.best_bleu:.2f}" if result.best_bleu is not None else ""
-        typer.echo(f"done: {result.steps} steps{best}; run directory {result.run_dir}", err=True)
+        speed = f", {result.gflops:,.0f} GFLOP/s in matmuls" if result.gflops is not None else ""
+        fraction = result.of_probe(int(os.environ.get("WORLD_SIZE", "1")))
+        if fraction is not None:
+            speed += f" ({fraction:.0%} of the probe's {result.probe_gflops:,.0f})"
+        typer.echo(f"done: {result.steps} steps{best}{speed}; run directory {result.run_dir}", err=True)
 
 
 @app.command()

@@ -33,6 +33,8 @@ from seqtool.errors import CheckpointError, ConfigError, TrainingError
 from seqtool.evaluate import corpus_bleu
 from seqtool.models import build_model
 from seqtool.models.base import Seq2SeqModel
+from seqtool.models.flops import training_flops
+from seqtool.probe import matmul_gflops
 from seqtool.rundir import RunDir, load_model_weights, read_run_config
 from seqtool.runtime import autocast, bf16_supported, limit_onednn_cache, resolve_device, seed_everything, set_threads
 from seqtool.tokenizer import Tokenizer
@@ -102,6 +104,14 @@ class TrainResult:
     stop_reason: str  # max_steps | max_minutes | patience | interrupted
     best_bleu: float | None
     last_eval: dict[str, float] | None
+    gflops: float | None = None  # matmul GFLOP/s of this session's training (validation excluded), all processes
+    probe_gflops: float | None = None  # the best matmul probe beside it, per process (with probe=True)
+
+    def of_probe(self, world_size: int = 1) -> float | None:
+        """The achieved GFLOP/s as a fraction of the probe's ceiling (times the processes that trained)."""
+        if not self.gflops or not self.probe_gflops:
+            return None
+        return self.gflops / (self.probe_gflops * world_size)
 
 
 def _tensorboard_writer(run: RunDir, log: Any) -> Any:
@@ -158,6 +168,7 @@ class Trainer:
         overwrite: bool = False,
         init_from: Path | None = None,
         reporter: Reporter | None = None,
+        probe: bool = False,
     ) -> None:
         if not cfg.data.corpora() or not all(c.src and c.tgt for c in cfg.data.corpora()):
             raise ConfigError(
@@ -196,6 +207,7 @@ class Trainer:
         # each rank its own dropout stream (rank 0 that of a single process); DDP gives every rank rank 0's weights
         seed_everything(cfg.seed, self.dist.rank)
         self.specials = self.tokenizer.specials
+        self.tgt_vocab = self.tokenizer.tgt.vocab_size
         self.model: Seq2SeqModel = build_model(
             cfg.model, self.tokenizer.src.vocab_size, self.tokenizer.tgt.vocab_size, self.specials
         ).to(self.device)
@@ -204,6 +216,10 @@ class Trainer:
         self.sampler = corpus_mix(self.corpora, cfg.train.batch_tokens, cfg.seed)
         self.corpus_tokens = [0] * len(self.corpora)  # target tokens drawn from each corpus, over the run
         self.window_corpus_tokens = [0] * len(self.corpora)  # ... since the last log line
+        self.probe = probe
+        self.window_flops = 0.0  # matmul FLOPs of the updates since the last log line (all ranks' batches)
+        self.train_flops = 0.0  # ... and of this session, with the seconds they took
+        self.train_seconds = 0.0
         self.step = 0
         self.best_bleu: float | None = None
         self.stale_evals = 0
@@ -442,6 +458,7 @@ class Trainer:
         Whatever ends it, the final step is logged and saved, and validated unless a signal ended the run.
         """
         tcfg = self.cfg.train
+        probes = [self._probe()] if self.probe else []
         self.model.train()
         batches = iter(self.sampler)
         flag = {"stop": False}
@@ -484,7 +501,24 @@ class Trainer:
                 shutdown(self.dist)
         if stop_reason != "interrupted":
             self.log(f"finished at step {self.step} ({stop_reason})")
-        return TrainResult(self.run.root, self.step, stop_reason, self.best_bleu, self.last_eval)
+        if self.probe:
+            probes.append(self._probe())
+        gflops = self.train_flops / self.train_seconds / 1e9 if self.train_seconds > 0 else None
+        result = TrainResult(
+            self.run.root, self.step, stop_reason, self.best_bleu, self.last_eval, gflops, max(probes, default=None)
+        )
+        if gflops is not None:
+            fraction = result.of_probe(self.dist.world_size)
+            beside = f" ({fraction:.0%} of the {self._probe_dtype()} matmul probe)" if fraction is not None else ""
+            self.log(f"matmul throughput {gflops:,.0f} GFLOP/s{beside}")
+        return result
+
+    def _probe_dtype(self) -> str:
+        return "bf16" if self.precision == "bf16" else "fp32"
+
+    def _probe(self) -> float:
+        """The matmul ceiling of this process's threads (or device) in the training precision, in GFLOP/s."""
+        return matmul_gflops(self._probe_dtype(), torch.get_num_threads(), self.device)
 
     def _after_update(self) -> bool:
         """What is due after an update that made step `self.step`: log, step checkpoint, validation (with last.pt).
@@ -520,8 +554,11 @@ class Trainer:
             self._average_last(self.cfg.train.average_last)
 
     def _log_window(self) -> None:
-        self._log_train(self.window_tokens, time.monotonic() - self.window_start, self.started)
-        self.window_start, self.window_tokens = time.monotonic(), 0
+        seconds = time.monotonic() - self.window_start
+        self._log_train(self.window_tokens, seconds, self.started)
+        self.train_flops += self.window_flops
+        self.train_seconds += seconds
+        self.window_start, self.window_tokens, self.window_flops = time.monotonic(), 0, 0.0
         self.logged_step = self.step
 
     def _update(self, group: list[Batch]) -> int | None:
@@ -606,8 +643,12 @@ class Trainer:
         update = list(islice(batches, count * world))
         total = 0
         for k, idx in update:
-            lengths = self.corpora[k].corpus.tgt_lengths  # from the cache's offsets: no sequence is read for the count
-            tokens = int(lengths[idx].sum()) + len(idx) * (1 + (self.corpora[k].tag.tgt is not None))  # </s>, tag
+            corpus = self.corpora[k]
+            # from the cache's offsets: no sequence is read for the counts; + </s> (<s> in) and the tag, if any
+            src_lengths = corpus.corpus.src_lengths[idx] + 1 + (corpus.tag.src is not None)
+            tgt_lengths = corpus.corpus.tgt_lengths[idx] + 1 + (corpus.tag.tgt is not None)
+            self.window_flops += training_flops(self.cfg.model, src_lengths, tgt_lengths, self.tgt_vocab)
+            tokens = int(tgt_lengths.sum())
             self.corpus_tokens[k] += tokens
             self.window_corpus_tokens[k] += tokens
             total += tokens
@@ -649,6 +690,7 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "tgt_tokens": tokens,
             "tgt_tok_s": tokens / max(seconds, 1e-9),
+            "gflops": self.window_flops / max(seconds, 1e-9) / 1e9,  # matmul FLOPs counted from the real lengths
             "elapsed_s": time.monotonic() - started,
         }
         if len(self.corpora) > 1:  # the share of target tokens drawn from each corpus, in this window and so far

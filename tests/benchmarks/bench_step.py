@@ -3,7 +3,7 @@
 Runs the same work as `Trainer._update` (packed logits, fused loss, AdamW, schedule) on the harness's wesnoth
 batches and prints target tokens/s, the median step time, peak RSS, the achieved matmul GFLOP/s (the model's
 products counted from its shapes on the batches' real lengths: `seqtool.models.flops`) and its fraction of the
-matmul ceiling in the same precision (`matmul_probe.py`, run before and after the steps; the better one counts).
+matmul ceiling in the same precision (`seqtool.probe`, run before and after the steps; the better one counts).
 Compare two versions by running them alternately in one sitting (the host's speed drifts), e.g. from two git
 worktrees with PYTHONPATH:
 
@@ -19,7 +19,6 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -29,13 +28,11 @@ from seqtool.config import load_config
 from seqtool.data.batching import BatchSampler, make_batch
 from seqtool.models import build_model
 from seqtool.models.flops import training_flops
+from seqtool.probe import matmul_gflops
 from seqtool.runtime import autocast, limit_onednn_cache, seed_everything
 from seqtool.tokenizer import Tokenizer
 from seqtool.train.loss import label_smoothed_nll
 from seqtool.train.optim import build_optimizer, build_scheduler
-
-sys.path.insert(0, str(Path(__file__).parent))
-from matmul_probe import matmul_gflops  # this directory's probe
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path.home() / ".cache/seqtool-peers/runs/data"

@@ -1,4 +1,4 @@
-"""The machine's matmul ceiling right now: the best of 3 × 100 products of two 1024² matrices, in GFLOP/s.
+"""The machine's matmul ceiling right now (`seqtool.probe`): the best of 3 × 100 products of two 1024² matrices.
 
 The fp32 probe is the shared benchmark's (`../shared/bench/bench_lib.py cpu-probe`); this one also does bf16, the
 ceiling training under `train.precision: bf16` is measured against (AMX or AVX-512 bf16 CPUs, GPUs):
@@ -13,29 +13,7 @@ import argparse
 import json
 import time
 
-import torch
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def matmul_gflops(dtype: str = "bf16", threads: int = 2, size: int = 1024, repeat: int = 100) -> float:
-    """The best of three timings of `repeat` size² × size² products in `dtype` on `threads` threads (GFLOP/s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        x = torch.randn(size, size).to(DTYPES[dtype])
-        y = torch.randn(size, size).to(DTYPES[dtype])
-        for _ in range(5):  # warm-up: oneDNN picks and caches its kernel
-            x @ y
-        best = 0.0
-        for _ in range(3):
-            started = time.perf_counter()
-            for _ in range(repeat):
-                x @ y
-            best = max(best, repeat * 2 * size**3 / (time.perf_counter() - started) / 1e9)
-        return best
-    finally:
-        torch.set_num_threads(before)
+from seqtool.probe import DTYPES, matmul_gflops
 
 
 def main() -> None:

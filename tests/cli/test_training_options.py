@@ -336,7 +336,7 @@ def test_max_minutes_stops_the_run_by_the_clock(tiny_corpus: dict[str, Path], ro
     run = root / "clock"
     started = time.monotonic()
     result = subprocess.run(  # a run that ignored its budget would train 1M steps: fail after 2 minutes instead
-        [sys.executable, "-m", "seqtool", "train", str(config), "--run-dir", str(run)],
+        [sys.executable, "-m", "seqtool", "train", str(config), "--run-dir", str(run), "--probe"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     wall = time.monotonic() - started
@@ -347,6 +347,9 @@ def test_max_minutes_stops_the_run_by_the_clock(tiny_corpus: dict[str, Path], ro
     assert 0 < steps < 1_000_000
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == steps
     assert f"done: {steps} steps" in result.stderr
+    # --probe: the run's matmul GFLOP/s and its fraction of the probe's, in the summary line and in train.log
+    assert re.search(r"[\d,]+ GFLOP/s in matmuls \(\d+% of the probe's [\d,]+\)", result.stderr), result.stderr
+    assert "% of the fp32 matmul probe)" in (run / "train.log").read_text(encoding="utf-8")
     train = records(run)
     assert train and train[-1]["elapsed_s"] <= 0.02 * 60 + 5.0  # the training itself kept to its 1.2 s budget
     assert [r["step"] for r in records(run, "eval")] == [steps]  # validated once, at the end

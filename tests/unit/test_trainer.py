@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from seqtool.checkpoint import load_checkpoint
 from seqtool.config import Config, RNNConfig, TransformerConfig
 from seqtool.data.batching import make_batch
+from seqtool.models.flops import training_flops
 from seqtool.rundir import RunDir
 from seqtool.train.trainer import Trainer
 
@@ -100,8 +102,6 @@ def test_tensorboard_scalars_or_a_clear_message(tiny_corpus: dict[str, Path], sp
         assert "tensorboard package is missing" in log and "seqtool[tensorboard]" in log
         assert not (tmp_path / "run" / "tensorboard").exists()
     else:
-        import json
-
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
@@ -112,3 +112,31 @@ def test_tensorboard_scalars_or_a_clear_message(tiny_corpus: dict[str, Path], sp
             scalars = [(e.step, e.value) for e in events.Scalars(f"{kind}/{key}")]
             assert [s for s, _ in scalars] == [s for s, _ in logged] and logged, (kind, key)
             assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6), (kind, key)
+
+
+def test_logged_gflops_count_the_products_of_the_batches_drawn(
+    tiny_corpus: dict[str, Path], spm_model: Path, tmp_path: Path
+) -> None:
+    """Each log line's GFLOP/s × its seconds = the matmul FLOPs of its updates' pairs at their real lengths."""
+    cfg = tiny_config(tiny_corpus, spm_model, max_steps=6, eval_every=100, accum_steps=2)
+    trainer = Trainer(cfg, tmp_path / "run", probe=True)
+    result = trainer.fit()
+    replay = iter(Trainer(cfg, tmp_path / "replay").sampler)  # the same seed draws the same batches
+    corpus = trainer.corpora[0].corpus
+    expected = []
+    for _ in range(3):  # log_every=2: three log lines of two updates of two batches
+        flops = 0.0
+        for _ in range(2 * 2):
+            _, idx = next(replay)
+            src = [len(corpus.src_seqs[i]) + 1 for i in idx]  # + </s>
+            tgt = [len(corpus.tgt_seqs[i]) + 1 for i in idx]  # + <s> in, </s> out
+            flops += training_flops(cfg.model, src, tgt, trainer.tokenizer.tgt.vocab_size)
+        expected.append(flops)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    train = [r for r in map(json.loads, lines) if r["type"] == "train"]
+    seconds = [r["tgt_tokens"] / r["tgt_tok_s"] for r in train]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    assert [r["gflops"] * 1e9 * s for r, s in zip(train, seconds, strict=True)] == pytest.approx(expected, rel=1e-6)
+    assert result.gflops == pytest.approx(sum(expected) / sum(seconds) / 1e9, rel=1e-6)
+    assert result.probe_gflops is not None and result.probe_gflops > 0
+    assert result.of_probe() == pytest.approx(result.gflops / result.probe_gflops)
