@@ -19,13 +19,14 @@ import argparse
 import json
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from seqtool.config import load_config
-from seqtool.data.batching import BatchSampler, make_batch
+from seqtool.data.batching import Batch, BatchSampler, make_batch
 from seqtool.models import build_model
 from seqtool.models.flops import training_flops
 from seqtool.probe import matmul_gflops
@@ -46,6 +47,8 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=REPO / "recipes/bench-wesnoth.yaml")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--rss-every", type=int, default=0, help="print peak RSS every N steps (0 = only at the end)")
+    ap.add_argument("--profile", type=int, default=0, help="after the timed steps, profile N more with torch.profiler "
+                    "and print the ops by self CPU time")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(2)
     limit_onednn_cache()
@@ -56,16 +59,14 @@ def main() -> None:
     tgt = tok.tgt.encode((args.data / "train.raw.de").read_text(encoding="utf-8").splitlines())
     sp = tok.specials
     model = build_model(cfg.model, tok.src.vocab_size, tok.tgt.vocab_size, sp).train()
-    optimizer = build_optimizer(model.parameters(), cfg.train)
+    optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     batches = iter(BatchSampler([len(s) for s in src], [len(t) for t in tgt], cfg.train.batch_tokens, cfg.seed))
     device = torch.device("cpu")
     probes = [matmul_gflops(args.precision, threads=2)]
     times, tokens, flops = [], [], []
-    for step in range(args.steps + 5):
-        idx = next(batches)
-        batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx], sp)
-        started = time.perf_counter()
+
+    def train_step(batch: Batch) -> None:  # what Trainer._update does for one batch, without accumulation
         keep = batch.tgt_out != sp.pad
         with autocast(device, args.precision):
             logits = model(batch.src, batch.tgt_in, keep)
@@ -74,6 +75,12 @@ def main() -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+
+    for step in range(args.steps + 5):
+        idx = next(batches)
+        batch = make_batch([src[i] for i in idx], [tgt[i] for i in idx], sp)
+        started = time.perf_counter()
+        train_step(batch)
         if step >= 5:
             times.append(time.perf_counter() - started)
             tokens.append(batch.tgt_tokens)
@@ -82,6 +89,14 @@ def main() -> None:
         if args.rss_every and step % args.rss_every == 0:
             print(json.dumps({"step": step, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}))
     probes.append(matmul_gflops(args.precision, threads=2))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.profile):
+                idx = next(batches)
+                train_step(make_batch([src[i] for i in idx], [tgt[i] for i in idx], sp))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), file=sys.stderr)
     achieved = sum(flops) / sum(times) / 1e9
     print(
         json.dumps(

@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from seqtool.config import RNNConfig, TransformerConfig
 from seqtool.models import build_model
 from seqtool.models.flops import forward_flops, training_flops
+from seqtool.probe import matmul_gflops
 from seqtool.tokenizer import SpecialIds
 
 SP = SpecialIds(pad=0, bos=1, eos=2, unk=3)
@@ -68,3 +69,11 @@ def test_real_lengths_add_up_and_training_is_three_passes() -> None:
     gru_layers = 2 * 7 * 2 * 3 * 24 * (16 + 24) + 5 * 2 * 3 * 24 * ((16 + 2 * 48) + 24)
     rest = forward_flops(gru, np.array([7]), np.array([5]), VOCAB) - gru_layers
     assert forward_flops(lstm, np.array([7]), np.array([5]), VOCAB) == pytest.approx(rest + 4 / 3 * gru_layers)
+
+
+def test_matmul_probe_times_products_and_restores_the_threads() -> None:
+    before = torch.get_num_threads()
+    gflops = matmul_gflops("fp32", threads=1, size=128, repeat=3)
+    assert torch.get_num_threads() == before
+    # a 128² fp32 product is 4.2 MFLOP: any CPU does it at more than 0.1 and less than 100,000 GFLOP/s
+    assert 0.1 < gflops < 1e5
