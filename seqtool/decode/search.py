@@ -97,7 +97,7 @@ class SearchConfig:
     top_p: float = SAMPLE_TOP_P  # sampling: only from the smallest set of tokens whose probability reaches p
     temperature: float = SAMPLE_TEMPERATURE  # sampling: logits / temperature; 0 = the likeliest token (greedy)
     seed: int = SAMPLE_SEED  # sampling: with the line number, the seed of each sentence's random draws
-    tgt_lang: str = ""  # a multilingual model's target language: its tag starts every source (decode/languages.py)
+    tgt_lang: str = ""  # a multilingual model's target language; its tag goes where data.tag_side says (languages.py)
 
     @property
     def rows_per_sentence(self) -> int:
