@@ -36,7 +36,15 @@ from seqtool.models.base import Seq2SeqModel
 from seqtool.models.flops import training_flops
 from seqtool.probe import matmul_gflops
 from seqtool.rundir import RunDir, load_model_weights, read_run_config
-from seqtool.runtime import autocast, bf16_supported, limit_onednn_cache, resolve_device, seed_everything, set_threads
+from seqtool.runtime import (
+    autocast,
+    bf16_supported,
+    keep_freed_memory,
+    limit_onednn_cache,
+    resolve_device,
+    seed_everything,
+    set_threads,
+)
 from seqtool.tokenizer import Tokenizer
 from seqtool.train.distributed import (
     all_reduce,
@@ -189,6 +197,7 @@ class Trainer:
         self.dist, self.device = init_distributed(resolve_device(cfg.train.device))
         set_threads(cfg.train.threads)
         limit_onednn_cache()
+        keep_freed_memory()
         self.precision = cfg.train.precision
         if self.precision == "bf16" and not bf16_supported(self.device):
             self.log(f"bf16 is not supported on this {self.device.type} device: training in fp32")

@@ -30,7 +30,7 @@ from seqtool.data.batching import Batch, BatchSampler, make_batch
 from seqtool.models import build_model
 from seqtool.models.flops import training_flops
 from seqtool.probe import matmul_gflops
-from seqtool.runtime import autocast, limit_onednn_cache, seed_everything
+from seqtool.runtime import autocast, keep_freed_memory, limit_onednn_cache, seed_everything
 from seqtool.tokenizer import Tokenizer
 from seqtool.train.loss import label_smoothed_nll
 from seqtool.train.optim import build_optimizer, build_scheduler
@@ -47,11 +47,14 @@ def main() -> None:
     ap.add_argument("--config", type=Path, default=REPO / "recipes/bench-wesnoth.yaml")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--rss-every", type=int, default=0, help="print peak RSS every N steps (0 = only at the end)")
+    ap.add_argument("--malloc-default", action="store_true", help="leave glibc's malloc as it is (for an A/B)")
     ap.add_argument("--profile", type=int, default=0, help="after the timed steps, profile N more with torch.profiler "
                     "and print the ops by self CPU time")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(2)
     limit_onednn_cache()
+    if not args.malloc_default:
+        keep_freed_memory()  # as `seqtool train` does
     seed_everything(42)
     cfg = load_config(args.config, [f"tokenizer.model={args.data / 'spm.model'}"])
     tok = Tokenizer.load(args.data / "spm.model")
