@@ -259,7 +259,7 @@ def train(
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line for the job
         best = f", best dev BLEU {result.best_bleu:.2f}" if result.best_bleu is not None else ""
         speed = f", {result.gflops:,.0f} GFLOP/s in matmuls" if result.gflops is not None else ""
-        fraction = result.of_probe(int(os.environ.get("WORLD_SIZE", "1")))
+        fraction = result.of_probe()
         if fraction is not None:
             speed += f" ({fraction:.0%} of the probe's {result.probe_gflops:,.0f})"
         typer.echo(f"done: {result.steps} steps{best}{speed}; run directory {result.run_dir}", err=True)

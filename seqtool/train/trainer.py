@@ -114,12 +114,13 @@ class TrainResult:
     last_eval: dict[str, float] | None
     gflops: float | None = None  # matmul GFLOP/s of this session's training (validation excluded), all processes
     probe_gflops: float | None = None  # the best matmul probe beside it, per process (with probe=True)
+    processes: int = 1  # that trained (torchrun's world size)
 
-    def of_probe(self, world_size: int = 1) -> float | None:
-        """The achieved GFLOP/s as a fraction of the probe's ceiling (times the processes that trained)."""
+    def of_probe(self) -> float | None:
+        """The achieved GFLOP/s as a fraction of the probe's ceiling times the processes that trained."""
         if not self.gflops or not self.probe_gflops:
             return None
-        return self.gflops / (self.probe_gflops * world_size)
+        return self.gflops / (self.probe_gflops * self.processes)
 
 
 def _tensorboard_writer(run: RunDir, log: Any) -> Any:
@@ -514,10 +515,17 @@ class Trainer:
             probes.append(self._probe())
         gflops = self.train_flops / self.train_seconds / 1e9 if self.train_seconds > 0 else None
         result = TrainResult(
-            self.run.root, self.step, stop_reason, self.best_bleu, self.last_eval, gflops, max(probes, default=None)
+            self.run.root,
+            self.step,
+            stop_reason,
+            self.best_bleu,
+            self.last_eval,
+            gflops,
+            max(probes, default=None),
+            self.dist.world_size,
         )
         if gflops is not None:
-            fraction = result.of_probe(self.dist.world_size)
+            fraction = result.of_probe()
             beside = f" ({fraction:.0%} of the {self._probe_dtype()} matmul probe)" if fraction is not None else ""
             self.log(f"matmul throughput {gflops:,.0f} GFLOP/s{beside}")
         return result
