@@ -81,6 +81,17 @@ class DataConfig:
         "strict", "invalid UTF-8 in the corpus: strict = an error naming file and line; replace = U+FFFD"
     )
     unk_warn: float = _opt(0.01, "warn when more than this share of dev pieces is <unk>", min=0.0, max=1.0)
+    subword_alpha: float = _opt(
+        0.0,
+        "subword regularisation: > 0 segments the training pairs by sampling (Kudo, 2018), a segmentation drawn from"
+        " the unigram tokenizer's n best with probability ∝ P^alpha (near 0: near uniform; large: near the best);"
+        " dev and test keep the best segmentation; 0 = off",
+        min=0.0,
+    )
+    subword_nbest: int = _opt(16, "segmentations a sampled one is drawn from (data.subword_alpha)", min=2)
+    subword_copies: int = _opt(
+        4, "sampled encodings of each training corpus in the cache; epoch e trains on copy e mod N", min=1
+    )
     cache_dir: str = _opt("", "where the encoded training corpus is cached (id arrays on disk); empty = RUN_DIR/cache")
     workers: int = _opt(0, "processes encoding the corpus into the cache; 0 = one per core", min=0)
 
@@ -177,6 +188,12 @@ class TrainConfig:
         0.0, "decoupled weight decay (AdamW) of weight matrices; biases, norms and embeddings never decay", min=0.0
     )
     label_smoothing: float = _opt(0.1, "label smoothing of the cross-entropy", min=0.0, below=1.0)
+    src_word_dropout: float = _opt(
+        0.0, "word dropout: replace this share of source pieces by <unk> while training", min=0.0, below=1.0
+    )
+    tgt_word_dropout: float = _opt(
+        0.0, "word dropout: replace this share of the decoder's input pieces by <unk> in training", min=0.0, below=1.0
+    )
     clip_norm: float = _opt(1.0, "clip the gradient norm to this; 0 = no clipping", min=0.0)
     accum_steps: int = _opt(1, "batches whose gradients are summed into one update (effective batch × N)", min=1)
     log_every: int = _opt(50, "steps between progress/metrics lines", min=1)
@@ -410,6 +427,11 @@ def _validate(cfg: Config, places: _Places) -> None:
         raise ConfigError(
             f"train.average_last{places.where('train.average_last')}: cannot exceed train.keep_last "
             f"({cfg.train.average_last} > {cfg.train.keep_last})"
+        )
+    if cfg.data.subword_alpha > 0 and cfg.tokenizer.type != "unigram":
+        raise ConfigError(
+            f"data.subword_alpha{places.where('data.subword_alpha')}: subword sampling needs tokenizer.type: unigram",
+            "SentencePiece's BPE models have no n-best segmentations; set data.subword_alpha: 0 or use unigram",
         )
     if bool(cfg.data.dev_src) != bool(cfg.data.dev_tgt):
         raise ConfigError("data.dev_src and data.dev_tgt must be given together")

@@ -135,25 +135,49 @@ def bucket_batches(
 class BatchSampler:
     """An endless stream of shuffled length-bucketed batches; its position (epoch, index) can be saved and restored.
 
-    Epoch e is fully determined by (seed, e), so restoring the position resumes the exact same batch sequence.
+    Epoch e is fully determined by (seed, e), so restoring the position resumes the exact same batch sequence. With
+    several encodings of the corpus (`copies`: the lengths of each further sampled encoding, subword regularisation),
+    epoch e batches encoding e mod (1 + len(copies)), by its own lengths.
     """
 
     def __init__(
-        self, src_lens: Sequence[int] | np.ndarray, tgt_lens: Sequence[int] | np.ndarray, batch_tokens: int, seed: int
+        self,
+        src_lens: Sequence[int] | np.ndarray,
+        tgt_lens: Sequence[int] | np.ndarray,
+        batch_tokens: int,
+        seed: int,
+        copies: Sequence[tuple[np.ndarray, np.ndarray]] = (),
     ) -> None:
-        if len(src_lens) == 0:
+        self.lengths = [
+            (np.asarray(s, dtype=np.int32), np.asarray(t, dtype=np.int32)) for s, t in [(src_lens, tgt_lens), *copies]
+        ]
+        if any(len(s) == 0 for s, _ in self.lengths):
             raise ValueError("no training pairs")
-        self.src_lens = np.asarray(src_lens, dtype=np.int32)
-        self.tgt_lens = np.asarray(tgt_lens, dtype=np.int32)
         self.batch_tokens = batch_tokens
         self.seed = seed
         self.epoch = 0
         self.index = 0
         self._batches = self._epoch_batches(self.epoch)
 
+    @property
+    def copy(self) -> int:
+        """The encoding the current epoch's batches index (0 without copies)."""
+        return self.epoch % len(self.lengths)
+
+    @property
+    def src_lens(self) -> np.ndarray:
+        """Source lengths of the current epoch's encoding."""
+        return self.lengths[self.copy][0]
+
+    @property
+    def tgt_lens(self) -> np.ndarray:
+        """Target lengths of the current epoch's encoding."""
+        return self.lengths[self.copy][1]
+
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        batches = bucket_batches(self.src_lens, self.tgt_lens, self.batch_tokens, rng)
+        src_lens, tgt_lens = self.lengths[epoch % len(self.lengths)]
+        batches = bucket_batches(src_lens, tgt_lens, self.batch_tokens, rng)
         return [batches[i] for i in rng.permutation(len(batches))]
 
     @property
@@ -162,6 +186,11 @@ class BatchSampler:
         return len(self._batches)
 
     def __iter__(self) -> Iterator[np.ndarray]:
+        for _, batch in self.with_copy():
+            yield batch
+
+    def with_copy(self) -> Iterator[tuple[int, np.ndarray]]:
+        """The batches, each with the encoding (copy) its indices refer to."""
         while True:
             if self.index >= len(self._batches):
                 self.epoch += 1
@@ -169,7 +198,7 @@ class BatchSampler:
                 self._batches = self._epoch_batches(self.epoch)
             batch = self._batches[self.index]
             self.index += 1
-            yield batch
+            yield self.copy, batch
 
     def state_dict(self) -> dict[str, int]:
         """The position: epoch and the index of the next batch."""
@@ -212,11 +241,16 @@ class CorpusMix:
         self.drawn = [0] * len(samplers)
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        streams = [iter(s) for s in self.samplers]
+        for k, _, batch in self.with_copy():
+            yield k, batch
+
+    def with_copy(self) -> Iterator[tuple[int, int, np.ndarray]]:
+        """(corpus, encoding of that corpus, pair indices) of each batch."""
+        streams = [s.with_copy() for s in self.samplers]
         while True:
             k = min(range(len(streams)), key=lambda i: (self.drawn[i] + 1) / self.weights[i])
             self.drawn[k] += 1
-            yield k, next(streams[k])
+            yield k, *next(streams[k])
 
     @property
     def batches_per_epoch(self) -> list[int]:

@@ -6,13 +6,15 @@ A cache is one directory `CACHE_DIR/corpus-<key>/` holding
     src.offsets, tgt.offsets    int64, pairs + 1 entries: pair i is ids[offsets[i]:offsets[i + 1]]
     manifest.json               format version, dtype, counts, the key (and what it was made of), the filter report
 
-The key covers the corpus files (path, size, mtime), the tokenizer model bytes and the filter settings, so any change
-builds a new cache. A cache is built in a hidden temporary directory and renamed into place once complete: a
-directory named `corpus-*` with a matching manifest is always whole.
+The key covers the corpus files (path, size, mtime), the tokenizer model bytes, the filter settings and, for a sampled
+encoding (subword regularisation), the sampling settings, seed and copy number, so any change builds a new cache. A
+cache is built in a hidden temporary directory and renamed into place once complete: a directory named `corpus-*`
+with a matching manifest is always whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -34,6 +36,7 @@ import sentencepiece as spm
 
 from seqtool.atomic import fsync_path
 from seqtool.data.corpus import FilterReport, check_readable, filter_pairs
+from seqtool.data.subword import SubwordSampling, check_samplable, piece_scores, sample_segmentations
 from seqtool.errors import DataError
 
 FORMAT_VERSION = 1
@@ -207,9 +210,10 @@ def _cache_key(
     max_len: int,
     max_ratio: float,
     encoding_errors: str,
+    sampling: SubwordSampling | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The cache key (hex) and the fields it was made of (stored in the manifest, for inspection)."""
-    fields = {
+    fields: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "src": _file_stamp(src_path),
         "tgt": _file_stamp(tgt_path),
@@ -219,6 +223,8 @@ def _cache_key(
         "max_ratio": float(max_ratio),
         "encoding_errors": encoding_errors,
     }
+    if sampling is not None:  # absent otherwise: the caches of unsampled corpora keep their keys
+        fields["sampling"] = dataclasses.asdict(sampling)
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
     return key, fields
 
@@ -309,6 +315,7 @@ class _ChunkEncoder:
         dtype: str,
         paths: tuple[str, str],
         encoding_errors: str,
+        sampling: SubwordSampling | None = None,
     ) -> None:
         # num_threads=1: the parallelism is the worker processes, not SentencePiece's own threads
         self.src = spm.SentencePieceProcessor(model_proto=src_model, num_threads=1)
@@ -320,12 +327,21 @@ class _ChunkEncoder:
         self.dtype = np.dtype(dtype)
         self.paths = paths
         self.errors = encoding_errors
+        self.sampling = sampling
+        self.scores = (piece_scores(self.src), piece_scores(self.tgt)) if sampling else None
+
+    def _encode(self, side: int, lines: list[str], first_line: int) -> list[list[int]]:
+        processor = self.tgt if side else self.src
+        if self.sampling is None or self.scores is None:
+            return processor.encode(lines, out_type=int, num_threads=1)
+        s = self.sampling
+        return sample_segmentations(processor, lines, self.scores[side], s.alpha, s.nbest, s.rng(first_line, side))
 
     def __call__(self, chunk: _RawChunk) -> _Encoded:
         src_text = [_decode(raw, self.paths[0], chunk.first_line + k, self.errors) for k, raw in enumerate(chunk.src)]
         tgt_text = [_decode(raw, self.paths[1], chunk.first_line + k, self.errors) for k, raw in enumerate(chunk.tgt)]
-        src_ids = self.src.encode(src_text, out_type=int, num_threads=1)
-        tgt_ids = self.tgt.encode(tgt_text, out_type=int, num_threads=1)
+        src_ids = self._encode(0, src_text, chunk.first_line)
+        tgt_ids = self._encode(1, tgt_text, chunk.first_line)
         keep, report = filter_pairs(src_ids, tgt_ids, self.max_len, self.max_ratio)
         kept_src = [src_ids[i] for i in keep]
         kept_tgt = [tgt_ids[i] for i in keep]
@@ -486,13 +502,16 @@ def open_or_build(
     workers: int | None = None,
     progress: Callable[[int], object] | None = None,
     encoding_errors: str = "strict",
+    sampling: SubwordSampling | None = None,
 ) -> tuple[EncodedCorpus, FilterReport, bool]:
     """Open the cached encoded corpus for these files, tokenizer(s) and filter settings, building it when needed.
 
     `tgt_model=None` means a joint tokenizer. `workers` encoding processes (None: one per available core; 1: no
     pool). `progress(pairs_read)` is called after each chunk while building. Returns the corpus, the filter report
     and whether the cache was built by this call. The files are checked as `read_parallel` checks them (line counts,
-    UTF-8 unless `encoding_errors="replace"`) and the pairs filtered as `filter_pairs` filters them.
+    UTF-8 unless `encoding_errors="replace"`) and the pairs filtered as `filter_pairs` filters them. With `sampling`,
+    every sentence is segmented by `subword.sample_segmentations` (a unigram model is needed: DataError otherwise);
+    the filter then judges the sampled lengths.
 
     Workers are started with multiprocessing's spawn method, which imports the caller's main module again: a script
     calling this with workers > 1 needs the `if __name__ == "__main__":` guard (the seqtool CLI has it).
@@ -506,7 +525,13 @@ def open_or_build(
     tgt_model = src_model if tgt_model is None else tgt_model
     models = [SentencePieceModel(src_model), SentencePieceModel(tgt_model)]  # checks the files and special ids
     model_bytes = [m.path.read_bytes() for m in models]
-    key, fields = _cache_key(src_path, tgt_path, *model_bytes, max_len, max_ratio, encoding_errors)
+    if sampling is not None:
+        for model in models:
+            try:
+                check_samplable(spm.SentencePieceProcessor(model_file=str(model.path)), str(model.path))
+            except ValueError as exc:
+                raise DataError(str(exc), "set data.subword_alpha: 0, or train a unigram tokenizer") from None
+    key, fields = _cache_key(src_path, tgt_path, *model_bytes, max_len, max_ratio, encoding_errors, sampling)
     final = cache_dir / f"{_PREFIX}{key[:24]}"
     if _valid_cache(final, key):
         corpus = EncodedCorpus(final)
@@ -521,7 +546,7 @@ def open_or_build(
     tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f"{_BUILD_PREFIX}{os.getpid()}-"))
     try:
         paths = (str(src_path), str(tgt_path))
-        encoder_args = (*model_bytes, max_len, max_ratio, dtype.str, paths, encoding_errors)
+        encoder_args = (*model_bytes, max_len, max_ratio, dtype.str, paths, encoding_errors, sampling)
         counts = _build(tmp, src_path, tgt_path, encoder_args, workers, progress)
         if _file_stamp(src_path) != fields["src"] or _file_stamp(tgt_path) != fields["tgt"]:
             raise DataError(

@@ -14,6 +14,7 @@ from seqtool.config import Config, CorpusConfig, DevSetConfig
 from seqtool.data.batching import BatchSampler, CorpusMix
 from seqtool.data.corpus import check_utf8, read_parallel
 from seqtool.data.dataset import EncodedCorpus, check_line_counts, open_or_build
+from seqtool.data.subword import SubwordSampling
 from seqtool.decode.languages import LanguageTag, corpus_tag
 from seqtool.errors import CheckpointError, ConfigError, DataError
 from seqtool.rundir import RunDir
@@ -29,7 +30,12 @@ class TrainCorpus:
     name: str
     weight: float
     tag: LanguageTag  # its target language's tag, on the side data.tag_side says (neither without tags)
-    corpus: EncodedCorpus
+    corpus: EncodedCorpus  # the first (or only) encoding: its filter report describes the corpus
+    copies: list[EncodedCorpus] = field(default_factory=list)  # every encoding, the first included (subword sampling)
+
+    def encoding(self, copy: int) -> EncodedCorpus:
+        """The encoding a batch of sampler copy `copy` indexes."""
+        return self.copies[copy] if self.copies else self.corpus
 
 
 @dataclass
@@ -173,6 +179,15 @@ def cache_workers(cfg: Config, corpus: CorpusConfig) -> int:
     return cfg.data.workers or cores
 
 
+def subword_samplings(cfg: Config) -> list[SubwordSampling | None]:
+    """How each encoding of a training corpus is made: [None] (the best segmentation), or data.subword_copies
+    sampled encodings (data.subword_alpha > 0), seeded by the run's seed."""
+    data = cfg.data
+    if data.subword_alpha <= 0:
+        return [None]
+    return [SubwordSampling(data.subword_alpha, data.subword_nbest, cfg.seed, k) for k in range(data.subword_copies)]
+
+
 def encoded_corpora(cfg: Config, run: RunDir, tokenizer: Tokenizer, log: Any) -> list[TrainCorpus]:
     """The training corpora as ids read from their on-disk caches (one per corpus), built (in parallel) when missing
     or stale."""
@@ -180,27 +195,33 @@ def encoded_corpora(cfg: Config, run: RunDir, tokenizer: Tokenizer, log: Any) ->
     out = []
     configs = cfg.data.corpora()
     for i, (corpus_cfg, keys) in enumerate(zip(configs, corpus_keys(cfg), strict=True)):
-        corpus, report, built = open_or_build(
-            cache_dir,
-            corpus_cfg.src,
-            corpus_cfg.tgt,
-            tokenizer.src.path,
-            None if tokenizer.joint else tokenizer.tgt.path,
-            cfg.data.max_len,
-            cfg.data.max_ratio,
-            workers=cache_workers(cfg, corpus_cfg),
-            encoding_errors=cfg.data.encoding_errors,
-        )
         name = f" {corpus_cfg.name}" if cfg.data.train else ""
-        log(f"training data{name}: {report.summary()}; encoded cache {'built' if built else 'reused'} in {cache_dir}")
-        if len(corpus) == 0:
-            where = f"data.train[{i}] ({corpus_cfg.name})" if cfg.data.train else "the training data"
-            raise DataError(
-                f"{where}: no training pairs left after filtering {corpus_cfg.src} / {corpus_cfg.tgt} ({keys[0]})",
-                "check the files, or raise data.max_len",
+        copies = []
+        for sampling in subword_samplings(cfg):
+            corpus, report, built = open_or_build(
+                cache_dir,
+                corpus_cfg.src,
+                corpus_cfg.tgt,
+                tokenizer.src.path,
+                None if tokenizer.joint else tokenizer.tgt.path,
+                cfg.data.max_len,
+                cfg.data.max_ratio,
+                workers=cache_workers(cfg, corpus_cfg),
+                encoding_errors=cfg.data.encoding_errors,
+                sampling=sampling,
             )
+            copy = f" (sampled encoding {sampling.copy + 1} of {cfg.data.subword_copies})" if sampling else ""
+            log(f"training data{name}{copy}: {report.summary()}; encoded cache {'built' if built else 'reused'} in "
+                f"{cache_dir}")  # fmt: skip
+            if len(corpus) == 0:
+                where = f"data.train[{i}] ({corpus_cfg.name})" if cfg.data.train else "the training data"
+                raise DataError(
+                    f"{where}: no training pairs left after filtering {corpus_cfg.src} / {corpus_cfg.tgt} ({keys[0]})",
+                    "check the files, or raise data.max_len",
+                )
+            copies.append(corpus)
         tag = corpus_tag(tokenizer, corpus_cfg.tgt_lang, cfg.data.tag_side)
-        out.append(TrainCorpus(corpus_cfg.name, corpus_cfg.weight, tag, corpus))
+        out.append(TrainCorpus(corpus_cfg.name, corpus_cfg.weight, tag, copies[0], copies))
     return out
 
 
@@ -279,14 +300,14 @@ def corpora_summary(corpora: Sequence[TrainCorpus]) -> list[dict[str, Any]]:
 
 
 def corpus_mix(corpora: Sequence[TrainCorpus], batch_tokens: int, seed: int) -> CorpusMix:
-    """The training batches: a length-bucketed sampler per corpus (the tagged side one piece longer), mixed by
-    weight. Corpus 0 is seeded as a run of one corpus (a single corpus trains as before); corpus k > 0 has its own
-    seed, so corpora of equal lengths are not shuffled alike."""
-    return CorpusMix(
-        [
-            BatchSampler(c.corpus.src_lengths + (c.tag.src is not None), c.corpus.tgt_lengths + (c.tag.tgt is not None),
-                         batch_tokens, seed if k == 0 else seed + 1_000_003 * k)
-            for k, c in enumerate(corpora)
-        ],
-        [c.weight for c in corpora],
-    )  # fmt: skip
+    """The training batches: a length-bucketed sampler per corpus (the tagged side one piece longer; with subword
+    sampling, each epoch on the next sampled encoding), mixed by weight. Corpus 0 is seeded as a run of one corpus (a
+    single corpus trains as before); corpus k > 0 has its own seed, so corpora of equal lengths are not shuffled
+    alike."""
+    samplers = []
+    for k, c in enumerate(corpora):
+        src_extra, tgt_extra = int(c.tag.src is not None), int(c.tag.tgt is not None)
+        lengths = [(e.src_lengths + src_extra, e.tgt_lengths + tgt_extra) for e in (c.copies or [c.corpus])]
+        corpus_seed = seed if k == 0 else seed + 1_000_003 * k
+        samplers.append(BatchSampler(*lengths[0], batch_tokens, corpus_seed, copies=lengths[1:]))
+    return CorpusMix(samplers, [c.weight for c in corpora])

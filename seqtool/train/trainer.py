@@ -70,6 +70,7 @@ from seqtool.train.setup import (
     read_data,
 )
 from seqtool.train.state import all_rng_states, apply_hyperparameters, restore_rank_rng, truncate_metrics
+from seqtool.train.word_dropout import drop_words
 
 MAX_SKIPPED_IN_A_ROW = 20  # with train.skip_nonfinite: this many bad updates in a row end the run
 
@@ -218,6 +219,9 @@ class Trainer:
         seed_everything(cfg.seed, self.dist.rank)
         self.specials = self.tokenizer.specials
         self.tgt_vocab = self.tokenizer.tgt.vocab_size
+        tags = {t for c in self.corpora for t in (c.tag.src, c.tag.tgt) if t is not None}
+        protected = sorted({self.specials.pad, self.specials.bos, self.specials.eos, *tags})
+        self.protected_ids = torch.tensor(protected, device=self.device)  # never dropped by word dropout
         self.model: Seq2SeqModel = build_model(
             cfg.model, self.tokenizer.src.vocab_size, self.tokenizer.tgt.vocab_size, self.specials
         ).to(self.device)
@@ -470,7 +474,7 @@ class Trainer:
         tcfg = self.cfg.train
         probes = [self._probe()] if self.probe else []
         self.model.train()
-        batches = iter(self.sampler)
+        batches = self.sampler.with_copy()
         flag = {"stop": False}
         self.started = time.monotonic()
         deadline = self.started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
@@ -593,9 +597,11 @@ class Trainer:
             keep = batch.tgt_out != self.specials.pad  # logits and loss only at real target positions
             last = index == len(group) - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
+            src = drop_words(batch.src, tcfg.src_word_dropout, self.specials.unk, self.protected_ids)
+            tgt_in = drop_words(batch.tgt_in, tcfg.tgt_word_dropout, self.specials.unk, self.protected_ids)
             with sync:
                 with autocast(self.device, self.precision):
-                    logits = self.train_model(batch.src, batch.tgt_in, keep)
+                    logits = self.train_model(src, tgt_in, keep)
                 loss, nll = label_smoothed_nll(logits, batch.tgt_out[keep], self.specials.pad, tcfg.label_smoothing)
                 # normalised by the tokens of the whole update, so N accumulated batches = one big batch
                 (loss * (scale / batch.update_tokens)).backward()
@@ -648,7 +654,7 @@ class Trainer:
             + "lower train.lr, raise train.warmup, or set train.skip_nonfinite: true",
         )
 
-    def _next_batches(self, batches: Iterator[tuple[int, list[int]]], count: int) -> list[Batch]:
+    def _next_batches(self, batches: Iterator[tuple[int, int, list[int]]], count: int) -> list[Batch]:
         """This rank's `count` batches of one update, on the device, each knowing the update's total target tokens.
 
         An update takes count × world_size batches from the (identical on every rank) sampler; rank r trains on
@@ -659,20 +665,20 @@ class Trainer:
         world, rank = self.dist.world_size, self.dist.rank
         update = list(islice(batches, count * world))
         total = 0
-        for k, idx in update:
-            corpus = self.corpora[k]
+        for k, copy, idx in update:
+            corpus, encoded = self.corpora[k], self.corpora[k].encoding(copy)
             # from the cache's offsets: no sequence is read for the counts; + </s> (<s> in) and the tag, if any
-            src_lengths = corpus.corpus.src_lengths[idx] + 1 + (corpus.tag.src is not None)
-            tgt_lengths = corpus.corpus.tgt_lengths[idx] + 1 + (corpus.tag.tgt is not None)
+            src_lengths = encoded.src_lengths[idx] + 1 + (corpus.tag.src is not None)
+            tgt_lengths = encoded.tgt_lengths[idx] + 1 + (corpus.tag.tgt is not None)
             self.window_flops += training_flops(self.cfg.model, src_lengths, tgt_lengths, self.tgt_vocab)
             tokens = int(tgt_lengths.sum())
             self.corpus_tokens[k] += tokens
             self.window_corpus_tokens[k] += tokens
             total += tokens
         group = []
-        for k, idx in update[rank::world]:
+        for k, copy, idx in update[rank::world]:
             corpus = self.corpora[k]
-            src, tgt = corpus.corpus.src_seqs, corpus.corpus.tgt_seqs
+            src, tgt = corpus.encoding(copy).src_seqs, corpus.encoding(copy).tgt_seqs
             group.append(
                 make_batch([src[i] for i in idx], [tgt[i] for i in idx], self.specials, corpus.tag.src, corpus.tag.tgt)
             )

@@ -78,6 +78,12 @@ def test_train_writes_the_run_directory(trained_run: Path, tiny_corpus: dict[str
     refs = tiny_corpus["dev.de"].read_text(encoding="utf-8").splitlines()
     bleu = sacrebleu.corpus_bleu(hyp.stdout.splitlines(), [refs]).score
     assert evals[-1]["dev_bleu"] == pytest.approx(bleu, abs=1e-9) and bleu > 0.0
+    # and `seqtool eval` of that output agrees with the dev BLEU training logged, to 0.01
+    hyp_file = trained_run.parent / "dev.hyp.de"
+    hyp_file.write_text(hyp.stdout, encoding="utf-8")
+    scored = seqtool("eval", "--hyp", str(hyp_file), "--ref", str(tiny_corpus["dev.de"]), "--metrics", "bleu", "--json")
+    assert scored.returncode == 0, scored.stderr
+    assert json.loads(scored.stdout)["BLEU"]["score"] == pytest.approx(evals[-1]["dev_bleu"], abs=0.01)
     assert evals[-1]["best_bleu"] == max(r["dev_bleu"] for r in evals)
     stored = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert stored["train"]["max_steps"] == 30 and stored["model"]["d_model"] == 32

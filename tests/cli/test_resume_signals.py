@@ -33,17 +33,27 @@ def two_corpora(corpus: dict[str, Path], root: Path) -> dict[str, object]:
     return {"train": train, "dev_src": str(corpus["dev.en"]), "dev_tgt": str(corpus["dev.de"])}
 
 
+# Subword sampling (each epoch on the next of two sampled encodings; 60 steps are about six epochs) and word dropout
+# are on: their random draws, too, must resume exactly.
+REGULARISATION = {"data": {"subword_alpha": 0.3, "subword_nbest": 8, "subword_copies": 2},
+                  "train": {"src_word_dropout": 0.1, "tgt_word_dropout": 0.1}}  # fmt: skip
+
+
 def config(corpus: dict[str, Path], path: Path, corpora: int = 1) -> Path:
+    data = (
+        {k: str(corpus[f]) for k, f in [("train_src", "train.en"), ("train_tgt", "train.de"),
+                                        ("dev_src", "dev.en"), ("dev_tgt", "dev.de")]}
+        if corpora == 1 else two_corpora(corpus, path.parent)
+    )  # fmt: skip
     path.write_text(
         yaml.safe_dump(
             {
-                "data": {k: str(corpus[f]) for k, f in [("train_src", "train.en"), ("train_tgt", "train.de"),
-                                                        ("dev_src", "dev.en"), ("dev_tgt", "dev.de")]}
-                if corpora == 1 else two_corpora(corpus, path.parent),
+                "data": data | REGULARISATION["data"],
                 "tokenizer": {"vocab_size": 300},
                 "model": {"kind": "transformer", "d_model": 64, "heads": 2, "ffn_dim": 128,
                           "encoder_layers": 1, "decoder_layers": 1},
-                "train": {"max_steps": 60, "eval_every": 10, "log_every": 1, "batch_tokens": 1500, "threads": 1},
+                "train": {"max_steps": 60, "eval_every": 10, "log_every": 1, "batch_tokens": 1500, "threads": 1,
+                          **REGULARISATION["train"]},
                 "decode": {"max_len_a": 1.0, "max_len_b": 3},
             }
         )

@@ -190,3 +190,22 @@ def test_score_prefers_the_references_to_shuffled_ones(runs: dict[str, Path], co
         assert len(rows) == len(refs) and all(row[0] != "NA" for row in rows)
         averages.append(sum(float(row[1]) for row in rows) / len(rows))
     assert averages[0] > -0.1 and averages[1] < averages[0] - 1.0, averages  # per token: near 0 against far below
+
+
+@pytest.mark.slow
+def test_learns_with_subword_sampling_and_word_dropout(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """The regularisation levers of issue 18 through the real pipeline: the Transformer trained on sampled
+    segmentations (two encodings, one per epoch in turn) with word dropout on both sides still learns the reversal."""
+    config = yaml.safe_load(write_config(tmp_path / "c.yaml", corpus, "transformer").read_text())
+    config["data"] |= {"subword_alpha": 0.5, "subword_nbest": 4, "subword_copies": 2}
+    config["train"] |= {"src_word_dropout": 0.1, "tgt_word_dropout": 0.1, "max_steps": 600, "eval_every": 600}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    finish(seqtool("train", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run")))
+    log = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert "sampled encoding 2 of 2" in log
+    out = finish(seqtool("translate", str(tmp_path / "run"), "-i", str(corpus["test.src"]), "--threads", "1"))
+    refs = corpus["test.tgt"].read_text(encoding="utf-8").splitlines()
+    hyps = out.splitlines()
+    assert len(hyps) == len(refs)
+    right = sum(h == r for h, r in zip(hyps, refs, strict=True))
+    assert right >= 0.95 * len(refs), f"{right} of {len(refs)} exact"

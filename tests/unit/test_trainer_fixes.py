@@ -121,7 +121,7 @@ def test_update_token_count_reads_no_sequence_twice(
             return len(seqs)
 
     corpus.tgt_seqs = Counting()  # type: ignore[assignment]
-    group = trainer._next_batches(iter(trainer.sampler), 3)
+    group = trainer._next_batches(trainer.sampler.with_copy(), 3)
     rows = sum(b.tgt_out.size(0) for b in group)
     assert len(reads) == len(set(reads)) == rows
     lengths = corpus.tgt_lengths
