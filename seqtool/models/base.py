@@ -80,14 +80,16 @@ class Seq2SeqModel(nn.Module, ABC):
     def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced decoder features before the output projection: (batch, tgt_len, output.in_features)."""
 
-    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None, project: bool = True) -> Tensor:
         """Teacher-forced logits: src (batch, src_len), tgt_in (batch, tgt_len) -> (batch, tgt_len, tgt_vocab).
 
         With a boolean `keep` (batch, tgt_len), only the logits of those positions: (keep.sum(), tgt_vocab). Training
-        passes the non-pad target positions, so the largest matmul and the loss skip the padding.
+        passes the non-pad target positions, so the largest matmul and the loss skip the padding. `project=False`
+        returns the features before the output layer instead (training fuses the projection with the loss).
         """
         features = self.features(src, tgt_in)
-        return self.output(features if keep is None else features[keep])
+        kept = features if keep is None else features[keep]
+        return self.output(kept) if project else kept
 
     @abstractmethod
     def encode(self, src: Tensor) -> EncoderOutput:

@@ -56,7 +56,7 @@ from seqtool.train.distributed import (
     peer_failure,
     shutdown,
 )
-from seqtool.train.loss import label_smoothed_nll
+from seqtool.train.loss import batch_loss, label_smoothed_nll
 from seqtool.train.optim import build_optimizer, build_scheduler
 from seqtool.train.setup import (
     DevSet,
@@ -594,15 +594,13 @@ class Trainer:
         # DDP averages gradients over the ranks; each rank's loss is already a share of the global update's sum
         scale = float(self.dist.world_size)
         for index, batch in enumerate(group):
-            keep = batch.tgt_out != self.specials.pad  # logits and loss only at real target positions
             last = index == len(group) - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.train_model.no_sync()
             src = drop_words(batch.src, tcfg.src_word_dropout, self.specials.unk, self.protected_ids)
             tgt_in = drop_words(batch.tgt_in, tcfg.tgt_word_dropout, self.specials.unk, self.protected_ids)
             with sync:
-                with autocast(self.device, self.precision):
-                    logits = self.train_model(src, tgt_in, keep)
-                loss, nll = label_smoothed_nll(logits, batch.tgt_out[keep], self.specials.pad, tcfg.label_smoothing)
+                loss, nll = batch_loss(self.train_model, src, tgt_in, batch.tgt_out, self.specials.pad,
+                                       tcfg.label_smoothing, self.device, self.precision)  # fmt: skip
                 # normalised by the tokens of the whole update, so N accumulated batches = one big batch
                 (loss * (scale / batch.update_tokens)).backward()
             update_loss += loss.detach()  # kept on the device: no host sync until the next log line

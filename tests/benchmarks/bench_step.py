@@ -30,9 +30,9 @@ from seqtool.data.batching import Batch, BatchSampler, make_batch
 from seqtool.models import build_model
 from seqtool.models.flops import training_flops
 from seqtool.probe import matmul_gflops
-from seqtool.runtime import autocast, keep_freed_memory, limit_onednn_cache, seed_everything
+from seqtool.runtime import keep_freed_memory, limit_onednn_cache, seed_everything
 from seqtool.tokenizer import Tokenizer
-from seqtool.train.loss import label_smoothed_nll
+from seqtool.train.loss import batch_loss
 from seqtool.train.optim import build_optimizer, build_scheduler
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--rss-every", type=int, default=0, help="print peak RSS every N steps (0 = only at the end)")
     ap.add_argument("--malloc-default", action="store_true", help="leave glibc's malloc as it is (for an A/B)")
+    ap.add_argument("--unfused", action="store_true", help="the logits, then the loss (the output projection and "
+                    "the loss not fused: for an A/B)")  # fmt: skip
     ap.add_argument("--profile", type=int, default=0, help="after the timed steps, profile N more with torch.profiler "
                     "and print the ops by self CPU time")  # fmt: skip
     args = ap.parse_args()
@@ -70,10 +72,8 @@ def main() -> None:
     times, tokens, flops = [], [], []
 
     def train_step(batch: Batch) -> None:  # what Trainer._update does for one batch, without accumulation
-        keep = batch.tgt_out != sp.pad
-        with autocast(device, args.precision):
-            logits = model(batch.src, batch.tgt_in, keep)
-        loss, _ = label_smoothed_nll(logits, batch.tgt_out[keep], sp.pad, cfg.train.label_smoothing)
+        loss, _ = batch_loss(model, batch.src, batch.tgt_in, batch.tgt_out, sp.pad, cfg.train.label_smoothing,
+                             device, args.precision, fused=not args.unfused)  # fmt: skip
         (loss / batch.tgt_tokens).backward()
         optimizer.step()
         scheduler.step()

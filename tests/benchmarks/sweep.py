@@ -8,9 +8,10 @@ each of `--seeds`) is one run: a fp32 matmul probe, `seqtool train CONFIG --set 
 train.max_minutes=M`, `seqtool translate` of each dev set (beam from the config, or --beam) and `seqtool eval`
 (BLEU, chrF2), then the probe again. Each run appends one JSON line to OUT/results.jsonl: the overrides, seed,
 updates, training minutes and wall seconds, median target tok/s, achieved matmul GFLOP/s, the probes, dev BLEU and
-chrF2 of best.pt, the best greedy dev BLEU logged during training. A point already in results.jsonl is skipped, so an
-interrupted sweep continues where it stopped. The summary table (OUT/summary.md, also printed) gives each point's
-mean over its seeds and its difference to the baseline (the first point, or the unchanged config with --vary one).
+chrF2 of best.pt (and its dev BLEU at each of --length-penalties), the best greedy dev BLEU logged during training.
+A point already in results.jsonl is skipped, so an interrupted sweep continues where it stopped. The summary table
+(OUT/summary.md, also printed) gives each point's mean over its seeds and its difference to the baseline (the first
+point, or the unchanged config with --vary one).
 
 Decide on dev sets only: the sweep never reads a test set. Compare rows of one sitting only (the host's speed
 swings; the probe columns show it). When a tokenizer key varies, each run trains its own tokenizer in its run
@@ -94,15 +95,19 @@ def train_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def score_dev(config: Path, sets: list[str], run_dir: Path, beam: int | None) -> dict[str, float]:
-    """BLEU and chrF2 of best.pt on each dev set (`dev_bleu`/`dev_chrf`: their mean; per set with several)."""
+def score_dev(
+    config: Path, sets: list[str], run_dir: Path, beam: int | None, length_penalty: str | None = None
+) -> dict[str, float]:
+    """BLEU and chrF2 of best.pt on each dev set (`dev_bleu`/`dev_chrf`: their mean; per set with several), with the
+    config's length penalty or the one given."""
     cfg = load_config(config, sets)
     scores: dict[str, float] = {}
     bleus, chrfs = [], []
     for dev in cfg.data.dev_sets():
-        hyp = run_dir / f"dev.{dev.name}.hyp"
+        hyp = run_dir / f"dev.{dev.name}{f'.lp{length_penalty}' if length_penalty else ''}.hyp"
         args = ["translate", str(run_dir), "-i", dev.src, "-o", str(hyp), "--overwrite"]
         args += ["--beam", str(beam)] if beam else []
+        args += ["--length-penalty", length_penalty] if length_penalty else []
         args += ["--tgt-lang", dev.tgt_lang] if dev.tgt_lang else []
         run_cli(*args)
         result = json.loads(run_cli("eval", "--hyp", str(hyp), "--ref", dev.tgt, "--metrics", "bleu,chrf", "--json"))
@@ -130,6 +135,10 @@ def run_point(args: argparse.Namespace, overrides: dict[str, str], seed: int) ->
     record: dict[str, Any] = {"name": name, "overrides": overrides, "seed": seed, "minutes": args.minutes}
     record |= train_summary(run_dir) | {"wall_s": round(wall, 1)}
     record |= score_dev(args.config, sets, run_dir, args.beam)
+    if args.length_penalties:  # the same checkpoint at other length penalties: dev BLEU of each
+        record["dev_bleu_by_length_penalty"] = {
+            lp: score_dev(args.config, sets, run_dir, args.beam, lp)["dev_bleu"] for lp in args.length_penalties
+        }
     record["probe_fp32_gflops"] = [round(probe_before), round(matmul_gflops("fp32", args.threads))]
     return record
 
@@ -173,6 +182,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run (repeatable)")
     ap.add_argument("--beam", type=int, default=None, help="beam for the dev scores (default: the config's)")
     ap.add_argument("--threads", type=int, default=2, help="threads of the matmul probe")
+    ap.add_argument("--length-penalties", type=lambda t: [v.strip() for v in t.split(",") if v.strip()], default=[],
+                    help="also score each run's dev sets at these length penalties, e.g. 0.6,1.0,1.4")  # fmt: skip
     ap.add_argument("--out", type=Path, required=True, help="directory for the runs, results.jsonl and summary.md")
     ap.add_argument("--dry-run", action="store_true", help="print the runs' names and overrides, run nothing")
     args = ap.parse_args()

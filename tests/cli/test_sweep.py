@@ -52,6 +52,7 @@ def test_a_bad_grid_stops_before_any_run(grid: str, message: str, tiny_corpus: d
 def test_a_sweep_trains_scores_on_dev_and_skips_what_it_has(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.yaml", tiny_corpus, "transformer", max_steps=10, eval_every=10)
     args = [str(config), "--grid", "model.dropout=0.3", "--vary", "one", "--minutes", "1", "--beam", "2"]
+    args += ["--length-penalties", "0.5,2"]
     args += ["--out", str(tmp_path / "s"), "--threads", "1"]
     first = sweep(*args)
     assert first.returncode == 0, first.stderr
@@ -60,6 +61,7 @@ def test_a_sweep_trains_scores_on_dev_and_skips_what_it_has(tiny_corpus: dict[st
     for record in records:
         assert record["updates"] == 10 and 0 <= record["dev_bleu"] <= 100 and record["dev_chrf"] > 0
         assert record["wall_s"] > 0 and all(p > 0 for p in record["probe_fp32_gflops"])
+        assert set(record["dev_bleu_by_length_penalty"]) == {"0.5", "2"}
         run = tmp_path / "s" / record["name"]
         stored = (run / "config.yaml").read_text()
         assert ("dropout: 0.3" in stored) == (record["name"] != "baseline.seed=42")

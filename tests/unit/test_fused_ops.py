@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from seqtool.models.attention import MultiHeadAttention, _attention_with_dropout
 from seqtool.models.dropout import Dropout, dropout, keep_mask
-from seqtool.train.loss import label_smoothed_nll
+from seqtool.train import loss as loss_module
+from seqtool.train.loss import label_smoothed_nll, projected_label_smoothed_nll
 
 
 def _reference_loss(logits: torch.Tensor, target: torch.Tensor, pad: int, eps: float) -> torch.Tensor:
@@ -60,6 +61,60 @@ def test_packed_loss_equals_padded_loss() -> None:
     padded = label_smoothed_nll(logits, target, 3, 0.1)
     packed = label_smoothed_nll(logits[keep], target[keep], 3, 0.1)
     torch.testing.assert_close(padded, packed)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("bias", [True, False])
+def test_projection_fused_with_the_loss_matches_the_layer_then_the_loss(
+    eps: float, bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Value and the gradients of features, weight and bias, in float64 (blocks of 4 rows: several, a partial last)."""
+    monkeypatch.setattr(loss_module, "LOSS_BLOCK", 4)
+    torch.manual_seed(0)
+    pad, vocab, rows = 3, 11, 10
+    layer = torch.nn.Linear(6, vocab, bias=bias).double()
+    ref_layer = torch.nn.Linear(6, vocab, bias=bias).double()
+    ref_layer.load_state_dict(layer.state_dict())
+    features = torch.randn(rows, 6, dtype=torch.float64, requires_grad=True)
+    ref_features = features.detach().clone().requires_grad_(True)
+    target = torch.randint(0, vocab, (rows,))
+    target[[2, 7]] = pad
+    loss, nll = projected_label_smoothed_nll(features, layer, target, pad, eps, torch.float64)
+    ref_loss, ref_nll = label_smoothed_nll(ref_layer(ref_features), target, pad, eps)
+    # float64 throughout here; label_smoothed_nll computes in float32
+    torch.testing.assert_close(loss, ref_loss.double(), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(nll, ref_nll.double(), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(
+        loss, _reference_loss(ref_layer(ref_features), target, pad, eps).double(), atol=1e-5, rtol=1e-6
+    )
+    (loss * 0.5).backward()
+    (ref_loss * 0.5).backward()
+    assert features.grad is not None and ref_features.grad is not None
+    torch.testing.assert_close(features.grad, ref_features.grad, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(layer.weight.grad, ref_layer.weight.grad, atol=1e-6, rtol=1e-5)
+    if bias:
+        torch.testing.assert_close(layer.bias.grad, ref_layer.bias.grad, atol=1e-6, rtol=1e-5)
+    assert features.grad[[2, 7]].abs().max() == 0  # pad positions get no gradient
+
+
+def test_projection_fused_with_the_loss_in_bf16_is_the_autocast_layer_then_the_loss() -> None:
+    """bf16 products as under autocast; float32 parameters and features get float32 gradients, close to autocast's."""
+    torch.manual_seed(0)
+    layer, target = torch.nn.Linear(32, 50), torch.randint(4, 50, (40,))
+    features = torch.randn(40, 32, requires_grad=True)
+    loss, _ = projected_label_smoothed_nll(features, layer, target, 3, 0.1, torch.bfloat16)
+    loss.backward()
+    grads = [features.grad, layer.weight.grad, layer.bias.grad]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+    ref_features = features.detach().clone().requires_grad_(True)
+    layer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = layer(ref_features)
+    ref_loss, _ = label_smoothed_nll(logits, target, 3, 0.1)
+    ref_loss.backward()
+    torch.testing.assert_close(loss, ref_loss, atol=0.05, rtol=2e-3)
+    for got, ref in zip(grads, [ref_features.grad, layer.weight.grad, layer.bias.grad], strict=True):
+        torch.testing.assert_close(got, ref, atol=2e-2, rtol=2e-2)
 
 
 def test_keep_mask_rate_and_independence() -> None:

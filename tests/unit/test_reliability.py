@@ -94,17 +94,18 @@ def test_translate_refuses_a_run_whose_config_no_longer_fits(trained: Path, tmp_
 
 
 def _nan_after(calls: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = trainer_module.label_smoothed_nll
+    """Every training batch's loss (trainer.batch_loss) after the first `calls` is NaN."""
+    real = trainer_module.batch_loss
     count = {"n": 0}
 
-    def patched(logits: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def patched(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
         count["n"] += 1
-        loss, nll = real(logits, *args)
-        if count["n"] > calls and logits.requires_grad:
+        loss, nll = real(*args, **kwargs)
+        if count["n"] > calls:
             return loss * float("nan"), nll * float("nan")
         return loss, nll
 
-    monkeypatch.setattr(trainer_module, "label_smoothed_nll", patched)
+    monkeypatch.setattr(trainer_module, "batch_loss", patched)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
@@ -127,7 +128,7 @@ def test_skip_nonfinite_skips_bad_updates(
 ) -> None:
     cfg = tiny_config(tiny_corpus, spm_model, max_steps=3, eval_every=3, skip_nonfinite=True)
     trainer = Trainer(cfg, tmp_path / "run")
-    monkeypatch.setattr(trainer_module, "label_smoothed_nll", _every_other_nan(trainer_module.label_smoothed_nll))
+    monkeypatch.setattr(trainer_module, "batch_loss", _every_other_nan(trainer_module.batch_loss))
     result = trainer.fit()
     assert result.steps == 3 and trainer.skipped_updates == 2  # calls 2 and 4 were NaN
     assert "skipped an update with a non-finite loss" in (tmp_path / "run" / "train.log").read_text()
@@ -148,12 +149,11 @@ def _every_other_nan(
 ) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
     count = {"n": 0}
 
-    def patched(logits: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, nll = real(logits, *args)
-        if logits.requires_grad:
-            count["n"] += 1
-            if count["n"] % 2 == 0:
-                return loss * float("nan"), nll
+    def patched(*args: object, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, nll = real(*args, **kwargs)
+        count["n"] += 1
+        if count["n"] % 2 == 0:
+            return loss * float("nan"), nll
         return loss, nll
 
     return patched
