@@ -128,6 +128,9 @@ class TokenizerConfig:
     vocab_size: int = _opt(8000, "number of pieces (special symbols included)", min=8)
     character_coverage: float = _opt(1.0, "share of characters covered by the vocabulary", min=0.5, max=1.0)
     input_sentence_size: int = _opt(2_000_000, "sentences sampled to train the tokenizer", min=1)
+    min_words_per_piece: float = _opt(
+        20.0, "seqtool train warns when the training text has fewer words than this per piece (0 = never)", min=0.0
+    )
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -128,7 +129,48 @@ def ensure_tokenizer(cfg: Config, run: RunDir, log: Any) -> Tokenizer:
     tokenizer = Tokenizer.load(src_dest, tgt_dest)
     for lang in cfg.data.languages():
         corpus_tag(tokenizer, lang, cfg.data.tag_side)  # a tokenizer given without the tags fails here, naming it
+    fits = (
+        [("", tokenizer.src, src_files + tgt_files)]
+        if tokenizer.joint
+        else [
+            ("source ", tokenizer.src, src_files),
+            ("target ", tokenizer.tgt, tgt_files),
+        ]
+    )
+    for side, model, files in fits:
+        warning = vocabulary_warning(model.vocab_size, files, cfg.tokenizer.min_words_per_piece, side)
+        if warning:
+            log(warning)
     return tokenizer
+
+
+def words_in(files: Sequence[str | Path], limit: int) -> int:
+    """Whitespace-separated words in `files`, counted up to `limit` (a large corpus is not read through)."""
+    count = 0
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                count += len(line.split())
+                if count >= limit:
+                    return count
+    return count
+
+
+def vocabulary_warning(pieces: int, files: Sequence[str | Path], min_words_per_piece: float, side: str = "") -> str:
+    """A warning when `files` hold fewer than `min_words_per_piece` words per piece of a `pieces`-piece vocabulary
+    (small corpora train better with fewer pieces; README, "What matters on small data"), else ""."""
+    if min_words_per_piece <= 0:
+        return ""
+    limit = math.ceil(pieces * min_words_per_piece)
+    words = words_in(files, limit)
+    if words >= limit:
+        return ""
+    suggested = max(100, int(words / min_words_per_piece) // 100 * 100)
+    return (
+        f"warning: the {side}vocabulary has {pieces:,} pieces for {words:,} training words ({words / pieces:.0f} a "
+        f"piece, under tokenizer.min_words_per_piece {min_words_per_piece:g}): about {suggested:,} pieces usually "
+        'train better on data this small (README, "What matters on small data"; --set tokenizer.vocab_size=...)'
+    )
 
 
 @dataclass

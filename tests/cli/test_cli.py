@@ -51,6 +51,7 @@ def trained_run(tiny_corpus: dict[str, Path], tmp_path_factory: pytest.TempPathF
     config = write_config(root / "tiny.yaml", tiny_corpus, "transformer", tokenizer=str(root / "spm.model"))
     result = seqtool("train", str(config), "--run-dir", str(root / "run"))
     assert result.returncode == 0, result.stderr
+    (root / "train.stderr").write_text(result.stderr, encoding="utf-8")
     return root / "run"
 
 
@@ -87,6 +88,17 @@ def test_train_writes_the_run_directory(trained_run: Path, tiny_corpus: dict[str
     assert evals[-1]["best_bleu"] == max(r["dev_bleu"] for r in evals)
     stored = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert stored["train"]["max_steps"] == 30 and stored["model"]["d_model"] == 32
+
+
+def test_train_warns_when_the_vocabulary_is_large_for_the_corpus(
+    trained_run: Path, tiny_corpus: dict[str, Path]
+) -> None:
+    words = sum(len(line.split()) for name in ("train.en", "train.de") for line in tiny_corpus[name].open())
+    assert words < 400 * 20  # the tiny corpus is far under tokenizer.min_words_per_piece's default
+    stderr = (trained_run.parent / "train.stderr").read_text(encoding="utf-8")
+    warnings = [line for line in stderr.splitlines() if "training words" in line]
+    assert len(warnings) == 1, stderr
+    assert f"has 400 pieces for {words:,} training words" in warnings[0] and "What matters on small data" in warnings[0]
 
 
 def test_translate_keeps_one_line_per_input_line(trained_run: Path) -> None:
