@@ -41,14 +41,14 @@ endif
 demo: setup
 	bash recipes/demo.sh
 
-# every test but those marked slow (pyproject.toml's addopts): about 5 min 40 s on 2 cores. test-slow runs only the
+# every test but those marked slow (pyproject.toml's addopts): about 7 min 55 s on 2 cores (2026-12-05). test-slow runs only the
 # slow ones (DDP jobs, figures, more engine and signal variants, error paths that need several runs: about 4 min);
-# the two together run everything
+# the two together run everything; each lists its ten slowest tests (keep make test under 8 minutes)
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m slow --durations=10
 
 # training throughput beside JoeyNMT and Eole with ../shared/bench (MODE=speed: ~25 min; PEERS=1 retrains the peers)
 bench-train: setup

@@ -158,7 +158,7 @@ def words_in(files: Sequence[str | Path], limit: int) -> int:
 
 def vocabulary_warning(pieces: int, files: Sequence[str | Path], min_words_per_piece: float, side: str = "") -> str:
     """A warning when `files` hold fewer than `min_words_per_piece` words per piece of a `pieces`-piece vocabulary
-    (small corpora train better with fewer pieces; README, "What matters on small data"), else ""."""
+    (small corpora train better with fewer pieces; recipes/README.md, "What matters on small data"), else ""."""
     if min_words_per_piece <= 0:
         return ""
     limit = math.ceil(pieces * min_words_per_piece)
@@ -169,7 +169,8 @@ def vocabulary_warning(pieces: int, files: Sequence[str | Path], min_words_per_p
     return (
         f"warning: the {side}vocabulary has {pieces:,} pieces for {words:,} training words ({words / pieces:.0f} a "
         f"piece, under tokenizer.min_words_per_piece {min_words_per_piece:g}): about {suggested:,} pieces usually "
-        'train better on data this small (README, "What matters on small data"; --set tokenizer.vocab_size=...)'
+        'train better on data this small (recipes/README.md, "What matters on small data"; '
+        "--set tokenizer.vocab_size=...)"
     )
 
 

@@ -115,6 +115,15 @@ def test_every_recipe_directory_has_a_readme(folder: Path) -> None:
         assert "## Result" in lines, f"{name(readme)} has no '## Result' section"
 
 
+def test_the_recipes_index_names_every_recipe() -> None:
+    """recipes/README.md lists every recipe directory and every top-level config, so none is left undocumented."""
+    index = (RECIPES / "README.md").read_text(encoding="utf-8")
+    for folder in DIRS:
+        assert f"`{folder.name}/`" in index, f"recipes/README.md does not list {folder.name}/"
+    for config in RECIPES.glob("*.yaml"):
+        assert config.stem in index, f"recipes/README.md does not list {config.name}"
+
+
 def test_prepare_lib_steps_and_cleaning(tmp_path: Path) -> None:
     """The prepare scripts' helpers: `clean` filters pairs, a finished step is skipped, a foreign file stops."""
     bash = shutil.which("bash")
