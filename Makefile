@@ -41,7 +41,7 @@ endif
 demo: setup
 	bash recipes/demo.sh
 
-# every test but those marked slow (pyproject.toml's addopts): about 7 min 55 s on 2 cores (2026-12-05). test-slow runs only the
+# every test but those marked slow (pyproject.toml's addopts): 7 min 55 s to 8 min 53 s on 2 cores (2026-12-05, before three 20-25 s tests moved to slow). test-slow runs only the
 # slow ones (DDP jobs, figures, more engine and signal variants, error paths that need several runs: about 4 min);
 # the two together run everything; each lists its ten slowest tests (keep make test under 8 minutes)
 test: setup

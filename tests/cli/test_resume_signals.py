@@ -177,6 +177,7 @@ def resumes_logged(run: Path) -> list[int]:
     return [int(m) for m in re.findall(r"resumed from \S*last\.pt at step (\d+)", text)]
 
 
+@pytest.mark.slow  # about 25 s: keeps make test under 8 minutes
 def test_killed_at_random_moments_and_resumed_each_time(straight_run: tuple[Path, Path], tmp_path: Path) -> None:
     """SIGKILL at moments chosen from the run's progress: in set-up, just before a save, during validation and
     saving, just after; resuming each time from last.pt: the same final model as the uninterrupted run."""

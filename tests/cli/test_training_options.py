@@ -328,6 +328,7 @@ def test_separate_vocabularies(tiny_corpus: dict[str, Path], root: Path) -> None
 # max_minutes
 
 
+@pytest.mark.slow  # about 25 s: keeps make test under 8 minutes
 def test_max_minutes_stops_the_run_by_the_clock(tiny_corpus: dict[str, Path], root: Path) -> None:
     config = write_config(
         root / "clock.yaml", tiny_corpus, "transformer",

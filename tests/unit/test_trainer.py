@@ -114,6 +114,7 @@ def test_tensorboard_scalars_or_a_clear_message(tiny_corpus: dict[str, Path], sp
             assert [v for _, v in scalars] == pytest.approx([v for _, v in logged], rel=1e-6), (kind, key)
 
 
+@pytest.mark.slow  # about 19 s: keeps make test under 8 minutes
 def test_logged_gflops_count_the_products_of_the_batches_drawn(
     tiny_corpus: dict[str, Path], spm_model: Path, tmp_path: Path
 ) -> None:
