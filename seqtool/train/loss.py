@@ -61,6 +61,25 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, pad: int, smoothing: floa
     return _SmoothedNLL.apply(logits.reshape(-1, vocab), target.reshape(-1), pad, smoothing)
 
 
+# oneDNN builds (JIT-compiles) a bf16 kernel per matrix shape, 10-20 ms for the (rows, d) x (d, vocab) products here,
+# and the packed row count is new nearly every step. Rounded up to a multiple of ROW_BUCKET with zero rows, the
+# products of the output projection come in a few shapes that its primitive cache keeps: +3 % tok/s for a bf16 step
+# on a 2-core Xeon with AMX (tests/benchmarks/README.md, 2026-12-05). fp32 products (MKL) have no such cost.
+ROW_BUCKET = 256
+
+
+def _bucketed_rows(features: Tensor, dtype: torch.dtype) -> Tensor:
+    """`features` (N, d) in `dtype`; for bf16 on a CPU with zero rows appended up to a multiple of ROW_BUCKET."""
+    rows = features.size(0)
+    padded = -(-rows // ROW_BUCKET) * ROW_BUCKET
+    if dtype != torch.bfloat16 or features.device.type != "cpu" or padded == rows:
+        return features.to(dtype)
+    out = features.new_empty((padded, features.size(1)), dtype=dtype)
+    out[:rows] = features
+    out[rows:] = 0
+    return out
+
+
 LOSS_BLOCK = 256  # rows of logits turned into loss and gradient at a time: one (256, vocab) float32 block
 
 
@@ -86,8 +105,11 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         vocab = weight.size(0)
         eps = smoothing / (vocab - 2) if smoothing else 0.0
-        h, w = features.to(dtype), weight.to(dtype)
+        rows_in = features.size(0)
+        h, w = _bucketed_rows(features, dtype), weight.to(dtype)
         logits = torch.addmm(bias.to(dtype), h, w.t()) if bias is not None else h @ w.t()
+        if h.size(0) > rows_in:  # the bucket's zero rows get pad targets: no loss, no gradient
+            target = torch.cat([target, target.new_full((h.size(0) - rows_in,), pad)])
         mask = target != pad
         acc = torch.promote_types(dtype, torch.float32)  # float32, or float64 for float64 products
         lse = torch.empty(h.size(0), dtype=acc, device=h.device)
@@ -107,7 +129,7 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
         loss = (1.0 - smoothing - eps) * nll_sum + eps * smooth_sum if smoothing else nll_sum.clone()
         ctx.save_for_backward(h, w, logits, lse, target, mask)
         ctx.has_bias, ctx.pad, ctx.smoothing, ctx.eps = bias is not None, pad, smoothing, eps
-        ctx.dtypes = (features.dtype, weight.dtype)
+        ctx.dtypes, ctx.rows_in = (features.dtype, weight.dtype), rows_in
         ctx.mark_non_differentiable(nll_sum)
         return loss, nll_sum
 
@@ -127,7 +149,7 @@ class _ProjectedSmoothedNLL(torch.autograd.Function):
             if grad_b is not None:
                 grad_b += grad.sum(0)
             logits[rows] = grad  # the saved logits become the gradient: no second (N, V) tensor
-        grad_h = (logits @ w).to(ctx.dtypes[0])
+        grad_h = (logits @ w)[: ctx.rows_in].to(ctx.dtypes[0])
         grad_w = (logits.t() @ h).to(ctx.dtypes[1])
         return (grad_h, grad_w, grad_b.to(ctx.dtypes[1]) if grad_b is not None else None,
                 None, None, None, None)  # fmt: skip

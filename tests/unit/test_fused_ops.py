@@ -117,6 +117,27 @@ def test_projection_fused_with_the_loss_in_bf16_is_the_autocast_layer_then_the_l
         torch.testing.assert_close(got, ref, atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("rows", [37, 48])
+def test_bf16_rows_rounded_up_to_a_bucket_change_nothing(rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zero rows added for oneDNN's shape cache (ROW_BUCKET) add no loss and no gradient: the same value and
+    gradients as without the bucket (37 rows: 11 zero rows added; 48: none needed)."""
+    torch.manual_seed(0)
+    layer, target = torch.nn.Linear(32, 50), torch.randint(3, 50, (rows,))
+    target[5] = 3  # a pad target among the real rows
+
+    def run(bucket: int) -> list[torch.Tensor]:
+        monkeypatch.setattr(loss_module, "ROW_BUCKET", bucket)
+        layer.zero_grad()
+        features = torch.randn(rows, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        loss, nll = projected_label_smoothed_nll(features, layer, target, 3, 0.1, torch.bfloat16)
+        loss.backward()
+        assert features.grad is not None and features.grad.shape == features.shape
+        return [loss.detach(), nll, features.grad, layer.weight.grad.clone(), layer.bias.grad.clone()]
+
+    for bucketed, plain in zip(run(16), run(1), strict=True):
+        torch.testing.assert_close(bucketed, plain, atol=1e-4, rtol=1e-4)
+
+
 def test_keep_mask_rate_and_independence() -> None:
     torch.manual_seed(0)
     mask = keep_mask((1000, 1000), 0.1, torch.device("cpu"))
