@@ -38,6 +38,7 @@ else
   # the peers' models were trained on this very tokenizer: keep it (prep trains a new one)
   [ -f "$D/test.raw.en" ] || bash "$B/peers.sh" prep
 fi
+bf16_probe() { .venv/bin/python -c 'from seqtool.probe import matmul_gflops; print(round(matmul_gflops("bf16", 2), 1))'; }
 for row in $ROWS; do
   IFS=: read -r name config precision <<< "$row"
   run=runs/bench-$name
@@ -48,11 +49,14 @@ for row in $ROWS; do
            --set train.eval_every=400 --set train.save_every=100 --set train.keep_last=5 --set train.average_last=5)
   fi
   .venv/bin/python "$B/bench_lib.py" cpu-probe --threads 2 > "$RESULTS/cpu_probe.$name.train.json"  # host speed beside it
+  probes=("$(bf16_probe)")  # the bf16 ceiling beside the run, before and after: train_json.py reports its fraction
   bash "$B/peers.sh" measure "$name.train" --timeout "$budget_s" --stdout "$RESULTS/$name.train.log" --stderr stdout -- \
     "$SEQTOOL" train "$config" --run-dir "$run" \
       --set "data.train_src=$D/train.raw.en" --set "data.train_tgt=$D/train.raw.de" \
       --set "tokenizer.model=$D/spm.model" --set "train.precision=$precision" "${extra[@]}" || true
-  .venv/bin/python tests/benchmarks/train_json.py "$run" "$RESULTS/$name.train.json" --mode "$MODE" --budget-s "$budget_s"
+  probes+=("$(bf16_probe)")
+  .venv/bin/python tests/benchmarks/train_json.py "$run" "$RESULTS/$name.train.json" --mode "$MODE" --budget-s "$budget_s" \
+    --bf16-probe "${probes[@]}"
   if [ "$MODE" = quality ]; then
     for beam in 5 1; do
       .venv/bin/python "$B/bench_lib.py" cpu-probe --threads 2 > "$RESULTS/cpu_probe.$name.beam$beam.json"

@@ -16,6 +16,7 @@ def main() -> None:
     ap.add_argument("--mode", default="speed")
     ap.add_argument("--budget-s", type=int, required=True)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16-probe", type=float, nargs="*", default=[], help="bf16 matmul probes beside the run")
     args = ap.parse_args()
     records = [json.loads(line) for line in (args.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if r["type"] == "train"]
@@ -35,6 +36,11 @@ def main() -> None:
         "threads": args.threads,
         "precision": config["train"]["precision"],
     }
+    gflops = [r["gflops"] for r in train[1:] if "gflops" in r]
+    if gflops:  # matmul work counted from the batches' real lengths (older runs do not log it)
+        out["gflops"] = round(statistics.median(gflops), 1)
+        if args.bf16_probe:  # the distance to the ceiling: logged median ÷ the best bf16 probe taken beside the run
+            out.update(bf16_probe=args.bf16_probe, of_bf16_probe=round(out["gflops"] / max(args.bf16_probe), 3))
     if evals:  # the checkpoint translate decodes (best.pt): the evaluation with the highest dev BLEU
         best = max(evals, key=lambda r: r["dev_bleu"])
         out.update(
