@@ -75,5 +75,7 @@ def test_dev_bleu_per_language_in_metrics_and_info(tagged_run: tuple[Path, dict[
     corpus_line = r"^corpus reverse +20,000 of 20,000 pairs kept; weight 1: 50% of the batches, 5\d\.\d% of"
     assert re.search(corpus_line, info, re.M)
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
-    assert last["type"] == "eval" and last["dev_bleu.reverse"] > 95 and last["dev_bleu.copy"] > 95
+    # a working tag: both near 100 (reverse 94.2 on an AMX Xeon, >95 on an AMD EPYC: fp32 kernels differ by CPU);
+    # a tag the model ignores leaves one language half wrong, far below 90
+    assert last["type"] == "eval" and last["dev_bleu.reverse"] > 90 and last["dev_bleu.copy"] > 90
     assert last["dev_bleu"] == pytest.approx((last["dev_bleu.reverse"] + last["dev_bleu.copy"]) / 2)
