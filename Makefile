@@ -42,8 +42,9 @@ demo: setup
 	bash recipes/demo.sh
 
 # every test but those marked slow (pyproject.toml's addopts): 7 min 55 s to 8 min 53 s on 2 cores on 2026-12-05,
-# before three 20-25 s tests moved to slow. test-slow runs only the slow ones (DDP jobs, figures, more engine and
-# signal variants, error paths that need several runs: about 8 min);
+# before three 20-25 s tests moved to slow; 9 min 44 s on a busy host on 2026-12-06, before the target-side tag
+# variant moved to slow. test-slow runs only the slow ones (DDP jobs, figures, more engine and signal variants, error
+# paths that need several runs: about 8 min);
 # the two together run everything; each lists its ten slowest tests (keep make test under 8 minutes)
 test: setup
 	$(BIN)/python -m pytest -q --durations=10

@@ -18,7 +18,8 @@ import yaml
 from tests.system.test_learn import finish, seqtool, write_corpus
 
 
-@pytest.fixture(scope="module", params=["source", "target"])
+# the target side runs in make test-slow: the source side covers the mechanism in make test (8-minute budget)
+@pytest.fixture(scope="module", params=["source", pytest.param("target", marks=pytest.mark.slow)])
 def tagged_run(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, dict[str, Path]]:
