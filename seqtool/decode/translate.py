@@ -248,6 +248,8 @@ class Translator:
         self.tokenizer = tokenizer
         self.device = device
         self.precision = precision
+        # the autocast to run under: none for a model whose weights are bf16 already (it would only add casts)
+        self.autocast_precision = "fp32" if next(model.parameters()).dtype == torch.bfloat16 else precision
         self.config = config if config is not None else Config()
         self.threads = threads or torch.get_num_threads()  # in all, fixed now: `translate` changes torch's setting
         self.workers = workers  # 0 = per search (see `parallelism`)
@@ -286,7 +288,7 @@ class Translator:
         budget = self.config.decode.batch_tokens if batch_tokens is None else batch_tokens
         prefix_ids = tag.prefixes(encode_prefixes(self.tokenizer, prefixes, len(lines)), len(lines))
         hyps = translate_ids(
-            self.model, src_ids, cfg, budget, self.device, self.precision, workers, first_line, prefix_ids
+            self.model, src_ids, cfg, budget, self.device, self.autocast_precision, workers, first_line, prefix_ids
         )
         found = tag.strip(hyps)
         results = keep_prefixes(self.tokenizer, decode_hypotheses(self.tokenizer, found, truncated), prefixes)
@@ -321,7 +323,7 @@ class Translator:
             [src_ids[i] for i, _ in pairs],
             [hyps[i][j].tokens for i, j in pairs],
             self.device,
-            self.precision,
+            self.autocast_precision,
             tag.src is not None,
             tag.tgt is not None,
         )
@@ -353,7 +355,7 @@ class Translator:
             self.tokenizer,
             sources,
             targets,
-            lambda src, tgt: forced_log_probs(self.model, src, tgt, self.device, self.precision),
+            lambda src, tgt: forced_log_probs(self.model, src, tgt, self.device, self.autocast_precision),
             normalize,
             dc.length_penalty if alpha is None else alpha,
             batch_tokens or dc.batch_tokens,
@@ -419,7 +421,7 @@ class TranslationStream:
     def _running(self) -> Iterator[None]:
         if torch.get_num_threads() != self._threads:
             set_threads(self._threads)
-        with torch.inference_mode(), autocast(self.translator.device, self.translator.precision):
+        with torch.inference_mode(), autocast(self.translator.device, self.translator.autocast_precision):
             yield
 
 

@@ -3,6 +3,7 @@
 #   RUN=runs/bench-seqtool-bf16 bash tests/benchmarks/bench_serve.sh          (make bench-serve)
 #   ENGINES="torch ctranslate2"   CLIENTS="1 8 32 64"   BEAM=5   THREADS=2   REPEAT=2
 #   INPUT=../shared/data/wesnoth-en-de/test.en   OUT=$RUN/bench-serve   PORT=8090   BATCHING=rounds|continuous
+#   TORCH_FLAGS="--precision bf16"   (decoding options for the torch engine, offline and served alike)
 # For each engine: offline translate REPEAT times (median seconds, peak RSS), then one server and, for each client
 # count, every input line sent once as its own request (tests/benchmarks/load_serve.py); the matmul probe of
 # ../shared/bench beside each measurement. The CTranslate2 engine uses an int8 export (made if missing).
@@ -19,6 +20,7 @@ INPUT=${INPUT:-../shared/data/wesnoth-en-de/test.en}
 OUT=${OUT:-$RUN/bench-serve}
 PORT=${PORT:-8090}
 BATCHING=${BATCHING:-rounds}
+read -r -a TORCH_FLAGS <<< "${TORCH_FLAGS:-}"
 PY=.venv/bin/python
 SEQTOOL=.venv/bin/seqtool
 PROBE="$PY ../shared/bench/bench_lib.py cpu-probe --threads $THREADS"
@@ -31,6 +33,10 @@ probe() { $PROBE > "$OUT/probe.$1.json" 2>/dev/null || echo '{}' > "$OUT/probe.$
 for engine in $ENGINES; do
   flags=(--beam "$BEAM" --threads "$THREADS")
   serve_flags=(--threads "$THREADS" --batching "$BATCHING")
+  if [ "$engine" = torch ]; then
+    flags+=("${TORCH_FLAGS[@]}")
+    serve_flags+=("${TORCH_FLAGS[@]}")
+  fi
   if [ "$engine" = ctranslate2 ]; then
     [ -d "$RUN/ct2-int8" ] || "$SEQTOOL" export "$RUN" --format ctranslate2 --quantization int8 -o "$RUN/ct2-int8" >&2
     flags+=(--engine ctranslate2 --ct2-model "$RUN/ct2-int8")

@@ -10,7 +10,7 @@ import pytest
 
 from seqtool.config import Config
 from seqtool.decode.search import SearchConfig
-from seqtool.decode.translate import Translation
+from seqtool.decode.translate import Translation, length_batches
 from seqtool.serve.batcher import Batcher
 
 STEP_SECONDS = 0.002
@@ -173,3 +173,75 @@ def test_many_requests_share_few_admissions(lines: list[str]) -> None:
         batcher.close()
     assert batcher.sentences == 40
     assert len(engine.admissions) < 10, engine.admissions
+
+
+class RoundEngine:
+    """A `TranslatorLike` without streams (rounds only): each `translate` call takes ROUND_SECONDS and is recorded
+    with its line count and the number of batches `length_batches` would make of it with the budget it was given."""
+
+    engine = "rounds"
+    ROUND_SECONDS = 0.5
+
+    def __init__(self, workers: int = 1) -> None:
+        self.config = Config()
+        self.warnings: list[str] = []
+        self.workers = workers
+        self.calls: list[tuple[int, int]] = []  # (lines, batches)
+
+    def parallelism(self, cfg: SearchConfig) -> tuple[int, int]:
+        return self.workers, 1
+
+    def stream(self, cfg: SearchConfig, max_input_len: int | None = None) -> None:
+        return None
+
+    def translate(self, lines, cfg, batch_tokens=None, max_input_len=None):
+        lengths = [len(line.split()) for line in lines]
+        self.calls.append((len(lines), len(list(length_batches(lengths, batch_tokens, cfg.rows_per_sentence)))))
+        time.sleep(self.ROUND_SECONDS)
+        return [[Translation(f"out {line}", -1.0, -1.0)] for line in lines]
+
+
+def _round_batcher(engine: RoundEngine, max_batch_tokens: int = 4000) -> Batcher:
+    count = lambda lines: [len(line.split()) for line in lines]  # noqa: E731
+    return Batcher(engine, max_batch_tokens=max_batch_tokens, max_wait_ms=1, max_input_len=100, count_tokens=count)
+
+
+def test_a_round_is_translated_as_one_batch_even_when_padding_would_split_it() -> None:
+    # costs (words + 1) x beam 2: 6 + 6 + 22 = 34 within the budget of 40; padded to the longest, 3 x 22 = 66 is not.
+    # The long line's cost is over a turn's quarter of the budget: it must still join (it once looped for ever)
+    engine = RoundEngine()
+    batcher = _round_batcher(engine, max_batch_tokens=40)
+    lines = ["a b", "c d", "a long line of ten words to pad with"]
+
+    async def main() -> list[list[list[Translation]]]:
+        return await asyncio.gather(*(batcher.translate([line], SearchConfig(beam=2)) for line in lines))
+
+    try:
+        answers = asyncio.run(asyncio.wait_for(main(), 10))
+    finally:
+        batcher.close(timeout=1)
+    assert [answer[0][0].text for answer in answers] == [f"out {line}" for line in lines]
+    # one round of three lines, one batch: a split round would start a pool of workers beside the decoding threads
+    assert engine.calls == [(3, 1)]
+
+
+def test_a_round_waits_for_the_lines_of_the_clients_it_just_answered() -> None:
+    """Four clients in a loop, each sending its next line 0, 4, 8 and 12 ms after its answer: every round holds all
+    four (without the wait, the first returning line would start a round of its own and the rounds would split)."""
+    engine = RoundEngine()
+    batcher = _round_batcher(engine)
+
+    async def client(i: int) -> None:
+        for n in range(3):
+            await batcher.translate([f"client {i} line {n}"], SearchConfig(beam=2))
+            await asyncio.sleep(0.004 * i)
+
+    async def main() -> None:
+        await asyncio.gather(*(client(i) for i in range(4)))
+
+    try:
+        asyncio.run(main())
+    finally:
+        batcher.close()
+    assert [lines for lines, _ in engine.calls] == [4, 4, 4]
+    assert batcher.most_together == 4 and batcher.sentences == 12

@@ -146,6 +146,16 @@ def test_bf16_is_kept_where_supported(run_dir: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(seqtool.runtime, "bf16_supported", lambda device: True)
     translator = load_translator(run_dir, DecodeOptions(threads=1, precision="bf16"))
     assert isinstance(translator, Translator) and translator.precision == "bf16" and translator.warnings == []
+    # a Transformer's weights are bf16 (autocast on top would only cast them again at every step)
+    assert {p.dtype for p in translator.model.parameters()} == {torch.bfloat16}
+    assert translator.autocast_precision == "fp32"
+    fp32 = load_translator(run_dir, DecodeOptions(threads=1, quantize="none"))
+    lines = [line for line in LINES if line]
+    outputs = [nbest[0].text for nbest in fp32.translate(lines, search(fp32, beam=2))]
+    # the same outputs, scored by both: bf16 log-probs within 2 % of fp32's (bf16 keeps 8 bits of mantissa)
+    for ours, theirs in zip(translator.score(lines, outputs), fp32.score(lines, outputs), strict=True):
+        assert ours.error is None and ours.tokens == theirs.tokens
+        assert abs(ours.log_prob - theirs.log_prob) <= 0.02 * abs(theirs.log_prob) + 0.05, (ours, theirs)
 
 
 def test_the_cli_prints_the_fallback_warning(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
