@@ -353,7 +353,13 @@ RunDirs = Annotated[
 ]
 CheckpointOption = Annotated[str, typer.Option(help="best, last, averaged, step_N or a checkpoint file.")]
 DeviceOption = Annotated[Device, typer.Option(help="Where to run.")]
-PrecisionOption = Annotated[Precision, typer.Option(help="fp32, or bf16 autocast.")]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        help="fp32, or bf16 (a CPU with AVX-512 bf16/AMX, or a GPU): a Transformer's weights in bf16, an RNN under "
+        "autocast."
+    ),
+]
 Ct2ModelOption = Annotated[
     Path | None, typer.Option("--ct2-model", help="CTranslate2 model directory (default: RUN_DIR/ctranslate2).")
 ]
