@@ -244,8 +244,8 @@ def _load_torch(run_dir: Path, options: DecodeOptions) -> Translator:
     if scheme != "none":
         model = quantize_model(model, scheme, device)
     elif precision == "bf16" and cfg.model.kind == "transformer":
-        # bf16 weights rather than autocast, which casts every weight at every step: on an AMX Xeon, beam 5 ran
-        # 1.3-1.4x faster offline and 1.2-1.5x in rounds of 16 lines, at the same BLEU (tests/benchmarks/README.md)
+        # bf16 weights rather than autocast, which casts every weight at every step: on an AMX Xeon beam 5 ran 1.3x
+        # autocast's speed and 1.4-1.6x int8's offline, at the same BLEU (tests/benchmarks/README.md, serving)
         model = model.to(torch.bfloat16)
     return Translator(
         model,
