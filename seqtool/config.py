@@ -178,13 +178,23 @@ class TrainConfig:
     """Optimisation, batching, validation and stopping."""
 
     max_steps: int = _opt(10000, "stop after this many optimizer updates", min=1)
-    max_minutes: float = _opt(0.0, "stop after this many minutes of training; 0 = no limit", min=0.0)
+    max_minutes: float = _opt(
+        0.0, "stop after this many minutes of training (validation included, counted across resumes); 0 = no limit",
+        min=0.0,
+    )
     batch_tokens: int = _opt(4096, "token budget per batch (max of source and target tokens incl. padding)", min=1)
     lr: float = _opt(1e-3, "peak learning rate", min=0.0)
     schedule: Literal["inverse_sqrt", "constant", "linear"] = _opt(
         "inverse_sqrt", "learning-rate schedule after warm-up (linear: decays to 0 at max_steps)"
     )
     warmup: int = _opt(400, "linear warm-up steps to the peak learning rate", min=0)
+    cooldown: float = _opt(
+        0.0,
+        "the last share of the run (of max_minutes, or of max_steps if it comes first) over which the learning rate "
+        "falls linearly to 0; 0 = none",
+        min=0.0,
+        max=1.0,
+    )
     adam_betas: list[float] = _opt([0.9, 0.98], "Adam beta1, beta2")
     adam_eps: float = _opt(1e-8, "Adam epsilon", min=0.0)
     weight_decay: float = _opt(

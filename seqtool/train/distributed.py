@@ -53,7 +53,9 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # on GPUs the gradients go through nccl, while the small agreement tensors (stop flags, the clock) stay on the
+    # CPU, which nccl cannot reduce: gloo takes those
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
     return ctx, device

@@ -65,7 +65,25 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> LambdaLR:
-    """The configured schedule as a LambdaLR (stepped once per update)."""
+def cooldown_factor(step: int, time_spent: float, cfg: TrainConfig) -> float:
+    """Factor of the cool-down at the end of the run: 1 until the last `cfg.cooldown` share of the run, then
+    linearly down to 0 at its end. The run's progress is the larger of its step share (of max_steps) and its time
+    share (`time_spent`, the share of max_minutes used, 0 without a time budget), since whichever reaches 1 first
+    ends it."""
+    if cfg.cooldown <= 0:
+        return 1.0
+    progress = max(step / cfg.max_steps, time_spent)
+    return min(1.0, max(0.0, (1.0 - progress) / cfg.cooldown))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, time_spent: Callable[[], float] = lambda: 0.0
+) -> LambdaLR:
+    """The configured schedule, times its cool-down, as a LambdaLR (stepped once per update).
+
+    `time_spent` returns the share of the time budget used so far; it must be the same on every training process.
+    """
     factor = SCHEDULES[cfg.schedule]
-    return LambdaLR(optimizer, lambda step: factor(step, cfg.warmup, cfg.max_steps))
+    return LambdaLR(
+        optimizer, lambda step: factor(step, cfg.warmup, cfg.max_steps) * cooldown_factor(step, time_spent(), cfg)
+    )

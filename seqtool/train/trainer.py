@@ -226,7 +226,11 @@ class Trainer:
             cfg.model, self.tokenizer.src.vocab_size, self.tokenizer.tgt.vocab_size, self.specials
         ).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.budget_s = cfg.train.max_minutes * 60
+        self.clock_before = 0.0  # seconds of the time budget that earlier sessions of this run spent
+        self.budget_share = 0.0  # share of the time budget spent, agreed by all ranks before each update
+        self.started = time.monotonic()
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, lambda: self.budget_share)
         self.sampler = corpus_mix(self.corpora, cfg.train.batch_tokens, cfg.seed)
         self.corpus_tokens = [0] * len(self.corpora)  # target tokens drawn from each corpus, over the run
         self.window_corpus_tokens = [0] * len(self.corpora)  # ... since the last log line
@@ -307,6 +311,7 @@ class Trainer:
                 scheduler=self.scheduler.state_dict(),
                 sampler=self.sampler.state_dict(),
                 corpus_tokens=list(self.corpus_tokens),
+                clock_s=self.clock_before + time.monotonic() - self.started,
                 best_bleu=self.best_bleu,
                 stale_evals=self.stale_evals,
                 rng=rng,
@@ -325,6 +330,8 @@ class Trainer:
         state = load_checkpoint(path)
         load_model_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
+        self.clock_before = float(state.get("clock_s", 0.0))
+        self.budget_share = self.clock_before / self.budget_s if self.budget_s else 0.0
         self.scheduler.load_state_dict(state["scheduler"])
         changed = apply_hyperparameters(self.optimizer, self.scheduler, self.cfg.train)
         try:
@@ -477,7 +484,12 @@ class Trainer:
         batches = self.sampler.with_copy()
         flag = {"stop": False}
         self.started = time.monotonic()
-        deadline = self.started + tcfg.max_minutes * 60 if tcfg.max_minutes else math.inf
+        deadline = self.started + self.budget_s - self.clock_before if tcfg.max_minutes else math.inf
+        if tcfg.max_minutes and self.clock_before >= self.budget_s:
+            self.log(
+                f"the run's time budget (train.max_minutes = {tcfg.max_minutes:g}) is spent; to train on, resume "
+                f"with a larger one, e.g. --set train.max_minutes={2 * tcfg.max_minutes:g}"
+            )
         self.window_start, self.window_tokens = time.monotonic(), 0
         self.window_corpus_tokens = [0] * len(self.corpora)
         self.logged_step = self.saved_step = self.step
@@ -487,7 +499,7 @@ class Trainer:
         try:
             with _stop_on_signals(flag, keep_after_failure=self.dist.enabled):
                 while self.step < tcfg.max_steps:
-                    reason = self._agreed_stop(flag["stop"], time.monotonic() >= deadline)
+                    reason = self._agreed_stop(flag["stop"])
                     if reason:
                         stop_reason = reason
                         break
@@ -632,14 +644,21 @@ class Trainer:
         bad = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0])
         return all_reduce(bad, self.dist, op="max").item() == 0.0
 
-    def _agreed_stop(self, interrupted: bool, out_of_time: bool) -> str | None:
-        """Why to stop before the next update, the same on every rank (a signal or the clock may reach one first)."""
-        flags = torch.tensor([float(interrupted), float(out_of_time)])
+    def _agreed_stop(self, interrupted: bool) -> str | None:
+        """Why to stop before the next update, the same on every rank (a signal or the clock may reach one first).
+
+        The ranks also agree on the time budget spent (the largest clock), which the learning-rate cool-down reads:
+        every rank must apply the same learning rate.
+        """
+        spent = self.clock_before + time.monotonic() - self.started
+        flags = torch.tensor([float(interrupted), spent], dtype=torch.float64)
         if self.dist.enabled:
             all_reduce(flags, self.dist, op="max")
+        if self.budget_s:
+            self.budget_share = min(1.0, float(flags[1]) / self.budget_s)
         if flags[0]:
             return "interrupted"
-        return "max_minutes" if flags[1] else None
+        return "max_minutes" if self.budget_s and float(flags[1]) >= self.budget_s else None
 
     def _check_finite(self) -> None:
         """Refuse to save a model whose parameters are NaN/inf (it would replace a good checkpoint)."""

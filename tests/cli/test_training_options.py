@@ -355,6 +355,14 @@ def test_max_minutes_stops_the_run_by_the_clock(tiny_corpus: dict[str, Path], ro
     assert train and train[-1]["elapsed_s"] <= 0.02 * 60 + 5.0  # the training itself kept to its 1.2 s budget
     assert [r["step"] for r in records(run, "eval")] == [steps]  # validated once, at the end
     assert wall < 90, f"a 1.2-second budget took {wall:.0f} s in all"
+    # the budget is the run's, not the session's: resuming a run that spent it trains nothing and says why
+    again = subprocess.run(
+        [sys.executable, "-m", "seqtool", "train", "--resume", str(run)], capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == steps
+    log = (run / "train.log").read_text(encoding="utf-8")
+    assert "is spent; to train on, resume with a larger one, e.g. --set train.max_minutes=0.04" in log
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import typing
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -21,15 +22,27 @@ from seqtool.train.optim import SCHEDULES, build_scheduler
 LR = 1e-3
 
 
-def run_schedule(schedule: str, warmup: int, max_steps: int, updates: int) -> tuple[list[float], list[float]]:
-    """(the learning rate in the param group before each update, the distance each update moved the parameter)."""
-    cfg = TrainConfig(schedule=schedule, warmup=warmup, max_steps=max_steps, lr=LR)
+def run_schedule(
+    schedule: str,
+    warmup: int,
+    max_steps: int,
+    updates: int,
+    cooldown: float = 0.0,
+    time_shares: Callable[[int], float] = lambda step: 0.0,
+) -> tuple[list[float], list[float]]:
+    """(the learning rate in the param group before each update, the distance each update moved the parameter).
+
+    `time_shares(s)` is the share of the time budget spent when update s starts, as the trainer measures it then.
+    """
+    cfg = TrainConfig(schedule=schedule, warmup=warmup, max_steps=max_steps, lr=LR, cooldown=cooldown)
     param = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
     # built here, not with build_optimizer (whose signature is changing): the schedule is what is tested
     optimizer = torch.optim.AdamW([param], lr=LR, betas=(0.9, 0.98), eps=1e-12, weight_decay=0.0)
-    scheduler = build_scheduler(optimizer, cfg)
+    clock = [0.0]
+    scheduler = build_scheduler(optimizer, cfg, lambda: clock[0])
     rates, moves = [], []
-    for _ in range(updates):
+    for step in range(updates):
+        clock[0] = time_shares(step)
         rates.append(optimizer.param_groups[0]["lr"])
         before = param.detach().clone()
         param.grad = torch.ones_like(param)
@@ -93,6 +106,36 @@ def test_linear_decays_to_zero_at_max_steps() -> None:
     assert rates[max_steps - 1] == pytest.approx(LR / (max_steps - warmup), rel=1e-12)  # the last update's rate
     assert rates[max_steps] == 0.0 and rates[max_steps + 2] == 0.0  # 0 at max_steps, never negative
     assert moves[max_steps] == 0.0
+
+
+def test_cooldown_falls_linearly_to_zero_over_the_last_share_of_max_steps() -> None:
+    warmup, max_steps = 4, 40
+    rates, moves = run_schedule("inverse_sqrt", warmup, max_steps, updates=max_steps + 2, cooldown=0.25)
+    plain, _ = run_schedule("inverse_sqrt", warmup, max_steps, updates=max_steps + 2)
+    assert rates[:31] == pytest.approx(plain[:31], rel=1e-12)  # untouched before the last quarter (step 30 on)
+    for step in range(30, max_steps + 2):
+        expected = LR * math.sqrt(warmup / (step + 1)) * max(0.0, (max_steps - step) / 10)
+        assert rates[step] == pytest.approx(expected, rel=1e-12, abs=1e-18), step
+        assert moves[step] == pytest.approx(expected, rel=1e-6, abs=1e-18), step
+    assert rates[35] == pytest.approx(plain[35] / 2, rel=1e-12)  # half-way through the cool-down: half the rate
+    assert rates[max_steps] == 0.0 and rates[max_steps + 1] == 0.0
+
+
+def test_cooldown_follows_the_time_budget_when_it_runs_out_before_max_steps() -> None:
+    """With max_minutes the run's progress is its share of the time; the rate of update s is set after update
+    s - 1, from the share measured when that update started."""
+    rates, _ = run_schedule(
+        "constant", 0, max_steps=10_000, updates=22, cooldown=0.5, time_shares=lambda step: min(1.0, step / 20)
+    )
+    assert rates[0] == LR
+    for step in range(1, 22):
+        share = (step - 1) / 20
+        assert rates[step] == pytest.approx(LR * min(1.0, (1 - min(1.0, share)) / 0.5), rel=1e-12, abs=1e-18), step
+    assert rates[11] == LR and rates[16] == pytest.approx(LR * 0.5, rel=1e-12)  # 1 until half the time, then down
+    assert rates[21] == 0.0  # the budget is spent: nothing left to learn with
+    # the step count still ends the run when it comes first: the larger share wins
+    by_steps, _ = run_schedule("constant", 0, 20, updates=21, cooldown=0.5, time_shares=lambda step: 0.1)
+    assert by_steps[15] == pytest.approx(LR * 0.5, rel=1e-12) and by_steps[20] == 0.0
 
 
 def test_the_schedule_resumes_from_its_state_dict() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -72,6 +73,41 @@ def test_resume_continues_exactly(model: str, tiny_corpus: dict[str, Path], spm_
     assert all(torch.equal(a[k], b[k]) for k in a)
     last = load_checkpoint(RunDir(tmp_path / "split").checkpoint("last"))
     assert last["step"] == 12 and last["sampler"] == straight.sampler.state_dict()
+
+
+def test_the_time_budget_counts_across_resumes_and_the_cooldown_follows_it(
+    tiny_corpus: dict[str, Path], spm_model: Path, tmp_path: Path
+) -> None:
+    """max_minutes is the run's budget, not each session's: a resumed run goes on with what is left (a run that has
+    spent it stops at once), and the cool-down's learning rate continues from the time spent, down to 0 at the end."""
+    cfg = tiny_config(
+        tiny_corpus, spm_model, max_steps=1_000_000, eval_every=1_000_000, log_every=1,
+        max_minutes=0.02, schedule="constant", warmup=0, cooldown=1.0,
+    )  # fmt: skip
+    run = RunDir(tmp_path / "run")
+
+    def lrs() -> list[float]:
+        lines = run.metrics.read_text(encoding="utf-8").splitlines()
+        return [r["lr"] for r in map(json.loads, lines) if r["type"] == "train"]
+
+    first = Trainer(cfg, run.root).fit()
+    assert first.stop_reason == "max_minutes" and first.steps >= 3
+    rates = lrs()
+    assert len(rates) == first.steps and all(a >= b for a, b in itertools.pairwise(rates))
+    assert rates[0] > 0.5e-3 and rates[-1] < 0.25e-3  # from near the peak (1e-3) down towards 0 by the clock
+    clock = load_checkpoint(run.checkpoint("last"))["clock_s"]
+    assert 0.02 * 60 <= clock < 0.02 * 60 + 60
+
+    again = Trainer(cfg, run.root, resume=True).fit()  # the budget is spent: nothing more to train
+    assert again.stop_reason == "max_minutes" and again.steps == first.steps
+    assert "time budget (train.max_minutes = 0.02) is spent" in run.log.read_text(encoding="utf-8")
+
+    cfg.train.max_minutes = 0.02 + clock / 60  # as much time again as the first session took
+    more = Trainer(cfg, run.root, resume=True).fit()
+    assert more.stop_reason == "max_minutes" and more.steps > first.steps
+    resumed = lrs()[first.steps :]
+    # the cool-down goes on from about half the new budget spent: never back to the peak a fresh clock would give
+    assert resumed and resumed[0] < 0.6e-3 and resumed[-1] < 0.25e-3
 
 
 def test_patience_stops_when_dev_bleu_stalls(tiny_corpus: dict[str, Path], spm_model: Path, tmp_path: Path) -> None:
