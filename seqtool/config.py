@@ -179,7 +179,8 @@ class TrainConfig:
 
     max_steps: int = _opt(10000, "stop after this many optimizer updates", min=1)
     max_minutes: float = _opt(
-        0.0, "stop after this many minutes of training (validation included, counted across resumes); 0 = no limit",
+        0.0,
+        "stop after this many minutes of training (validation included, counted across resumes); 0 = no limit",
         min=0.0,
     )
     batch_tokens: int = _opt(4096, "token budget per batch (max of source and target tokens incl. padding)", min=1)
