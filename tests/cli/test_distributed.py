@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import os
 import signal
 import subprocess
@@ -90,6 +92,22 @@ def test_resume_under_ddp_continues_exactly(setup: tuple[Path, Path]) -> None:
     assert single.returncode == 0, single.stderr
     c = parameters(root / "one")  # rank 1 draws its own dropout masks, so DDP no longer equals one process here
     assert max((a[k].float() - c[k].float()).abs().max().item() for k in a) > 1e-4
+
+
+@pytest.mark.slow  # a torchrun job: about 10 s (make test-slow)
+def test_the_ranks_agree_on_the_clock_of_a_time_budget_and_its_cooldown(setup: tuple[Path, Path]) -> None:
+    """The ranks stop together by the clock and apply one learning rate (the cool-down reads the agreed clock)."""
+    root, config = setup
+    run_dir = root / "clock"
+    result = run([*TORCHRUN, "-m", "seqtool", "train", str(config), "--run-dir", str(run_dir),
+                  "--set", "train.max_steps=1000000", "--set", "train.eval_every=1000000", "--set", "train.log_every=1",
+                  "--set", "train.max_minutes=0.03", "--set", "train.cooldown=1.0"], timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert log.count("(max_minutes)") == 1, log
+    lrs = [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+           if json.loads(line)["type"] == "train"]  # fmt: skip
+    assert len(lrs) >= 3 and lrs[-1] < 0.25 * 0.003 and all(a >= b for a, b in itertools.pairwise(lrs))
 
 
 @pytest.mark.slow  # a torchrun job: about 7 s (make test-slow)
