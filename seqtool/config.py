@@ -192,7 +192,7 @@ class TrainConfig:
     cooldown: float = _opt(
         0.0,
         "the last share of the run (of max_minutes, or of max_steps if it comes first) over which the learning rate "
-        "falls linearly to 0; 0 = none",
+        "falls linearly to 0 (by the clock under max_minutes: such a run is not bit-reproducible); 0 = none",
         min=0.0,
         max=1.0,
     )
