@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: train a tokenizer and a small Transformer on data/l10n-en-de (CPU, ~9 minutes of training),
+# The demo: train a tokenizer and a small Transformer on data/l10n-en-de (CPU, 11 minutes of training),
 # translate the test set with beam 5 and score it with sacrebleu. Run from the repository root (`make demo`).
 set -euo pipefail
 SEQTOOL=${SEQTOOL:-.venv/bin/seqtool}
