@@ -91,6 +91,8 @@ def test_the_tag_is_one_piece_in_front_of_the_source(tagged: tuple[Path, Path]) 
         sp.tag_id("fr")
 
 
+# make test-slow: keeps make test under 8 minutes (11 s of subprocess decoding)
+@pytest.mark.slow
 def test_translate_and_score_with_and_without_a_language(tagged: tuple[Path, Path], tmp_path: Path) -> None:
     _, run = tagged
     assert_user_error(seqtool("translate", str(run), stdin="Open\n"), "several languages (de, xx)", "--tgt-lang de")

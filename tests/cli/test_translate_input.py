@@ -194,6 +194,8 @@ def test_unwritable_output_is_a_user_error(run_dir: Path, tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
 
 
+# make test-slow: keeps make test under 8 minutes (10 s of subprocess decoding)
+@pytest.mark.slow
 def test_nbest_and_scores(run_dir: Path) -> None:
     lines = ["Open the file", "", "Save all documents"]
     stdin = "\n".join(lines).encode() + b"\n"
